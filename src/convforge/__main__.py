@@ -1,0 +1,3 @@
+from convforge.cli import main
+
+main()

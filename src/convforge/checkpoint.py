@@ -1,0 +1,252 @@
+"""Saving and loading models and training state: safetensors + JSON, never pickle.
+
+A weights file is self-verifying: its safetensors header carries the model description and a
+SHA-256 over every tensor's name, dtype, shape and bytes. Loading recomputes the digest, so a
+truncated file (safetensors refuses it) or a tampered one (digest mismatch) is rejected with a clear
+error instead of producing a silently wrong model. `model.json` beside the weights is the same
+description for people and tools; it must agree with the weights.
+
+The training state (checkpoints/last.safetensors) holds the model, its EMA, the optimizer's tensors
+and, in the JSON metadata, everything else needed to resume bit for bit: epoch, step, optimizer
+hyperparameters, scheduler state and the best metric so far.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from convforge.data.transforms import Preprocessing
+from convforge.errors import CheckpointError
+from convforge.models import create_model
+from convforge.models.factory import check_state_dict_fits
+from convforge.runs import MODEL_FILE, WEIGHTS_FILE, atomic_write_bytes, atomic_write_json
+
+FORMAT = 1
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model from its weights: architecture, kwargs, classes, preprocessing."""
+
+    architecture: str
+    num_classes: int
+    in_chans: int
+    classes: list[str]
+    preprocessing: Preprocessing
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        data = dict(data)
+        data["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def build(self) -> nn.Module:
+        """The architecture with freshly initialised weights (load_model fills them)."""
+        return create_model(
+            self.architecture, num_classes=self.num_classes, in_chans=self.in_chans, **self.model_kwargs
+        )
+
+
+# ------------------------------------------------------------------------- tensor files
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
+    """Atomically write tensors with JSON metadata and their digest; returns the digest."""
+    # clone: safetensors refuses tensors that share memory (tied weights, views).
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    digest = tensors_digest(tensors)
+    header = {"convforge": json.dumps(metadata, default=str), "sha256": digest, "format": str(FORMAT)}
+    atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=header))
+    return digest
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """Tensors, metadata and digest of a file written by `write_tensors`, verified."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        tensors = load_safetensors_bytes(raw)
+        header = _safetensors_metadata(raw)
+    except (SafetensorError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or damaged"
+        ) from None
+    if "sha256" not in header or "convforge" not in header:
+        raise CheckpointError(f"{path} was not written by convforge (no digest in its header)")
+    digest = tensors_digest(tensors)
+    if digest != header["sha256"]:
+        raise CheckpointError(
+            f"{path} fails its integrity check (tensor digest {digest[:12]} != recorded {header['sha256'][:12]}): "
+            "the file was modified or damaged after it was written"
+        )
+    return tensors, json.loads(header["convforge"]), digest
+
+
+def _safetensors_metadata(raw: bytes) -> dict[str, str]:
+    if len(raw) < 8:
+        raise ValueError("file too short")
+    size = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + size]).get("__metadata__", {}) or {}
+
+
+# ------------------------------------------------------------------------------ models
+def save_model(
+    folder: str | os.PathLike, model: nn.Module, spec: ModelSpec, extra: dict | None = None
+) -> Path:
+    """Write model.safetensors and model.json into `folder` (a run folder)."""
+    folder = Path(folder)
+    state = model.state_dict()
+    description = {
+        "format": FORMAT,
+        **spec.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "shapes": {k: list(v.shape) for k, v in state.items()},
+        **(extra or {}),
+    }
+    digest = write_tensors(folder / WEIGHTS_FILE, state, description)
+    atomic_write_json(
+        folder / MODEL_FILE, {**description, "weights": {"file": WEIGHTS_FILE, "sha256": digest}}
+    )
+    return folder / WEIGHTS_FILE
+
+
+def read_model_spec(folder: str | os.PathLike) -> ModelSpec:
+    path = Path(folder) / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {MODEL_FILE}: it holds no trained model yet")
+    try:
+        return ModelSpec.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc})") from None
+
+
+def load_model(
+    folder: str | os.PathLike, device: str | torch.device = "cpu", expect: ModelSpec | None = None
+) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model of a run folder, verify and load its weights, return it in eval mode.
+
+    `expect`, when given, is the model the caller needs; a checkpoint with another architecture or
+    class count is refused with a message that names both.
+    """
+    folder = Path(folder)
+    spec = read_model_spec(folder)
+    tensors, description, digest = read_tensors(folder / WEIGHTS_FILE)
+    recorded = json.loads((folder / MODEL_FILE).read_text()).get("weights", {}).get("sha256")
+    if recorded != digest:
+        raise CheckpointError(
+            f"{folder / MODEL_FILE} and {WEIGHTS_FILE} disagree (digest {str(recorded)[:12]} vs {digest[:12]}); "
+            "one of them was replaced or modified"
+        )
+    if (
+        description.get("architecture") != spec.architecture
+        or description.get("num_classes") != spec.num_classes
+    ):
+        raise CheckpointError(f"{folder / MODEL_FILE} does not describe the weights in {WEIGHTS_FILE}")
+    if expect is not None:
+        check_compatible(spec, expect, str(folder))
+    model = spec.build()
+    check_state_dict_fits(model, tensors, str(folder / WEIGHTS_FILE))
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval(), spec
+
+
+def check_compatible(found: ModelSpec, expected: ModelSpec, source: str) -> None:
+    if found.architecture != expected.architecture or found.num_classes != expected.num_classes:
+        raise CheckpointError(
+            f"{source} holds {found.architecture} with {found.num_classes} classes, but "
+            f"{expected.architecture} with {expected.num_classes} classes is needed"
+        )
+    if found.in_chans != expected.in_chans:
+        raise CheckpointError(
+            f"{source} expects {found.in_chans}-channel images, but {expected.in_chans}-channel input is needed"
+        )
+
+
+# ---------------------------------------------------------------------- training state
+def save_train_state(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: nn.Module | None,
+    state: dict[str, Any],
+) -> None:
+    """Model, EMA and optimizer tensors plus JSON `state` (epoch, scheduler, ...), in one atomic file."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    optimizer_state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in optimizer_state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    metadata = {
+        **state,
+        "optimizer_param_groups": optimizer_state["param_groups"],
+        "optimizer_scalars": scalars,
+    }
+    write_tensors(path, tensors, metadata)
+
+
+def load_train_state(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: nn.Module | None,
+) -> dict[str, Any]:
+    """Restore what `save_train_state` wrote into live objects; return the JSON state."""
+    tensors, metadata, _ = read_tensors(path)
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_state_dict_fits(model, model_state, str(path))
+    model.load_state_dict(model_state, strict=True)
+    if ema is not None:
+        ema_state = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if ema_state:
+            ema.load_state_dict(ema_state, strict=True)
+    optimizer_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer_state.setdefault(int(index), {})[name] = value
+    for index, values in metadata.pop("optimizer_scalars", {}).items():
+        optimizer_state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict(
+        {"state": optimizer_state, "param_groups": metadata.pop("optimizer_param_groups")}
+    )
+    return metadata

@@ -1,0 +1,103 @@
+"""What every command shares: user-error handling, --quiet/--json output, small parsers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from convforge.errors import ConfigError, UserError
+from convforge.train.evaluate import EvalResult
+
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+class Output:
+    """Tables and messages for people, or one JSON document for scripts."""
+
+    def __init__(self, quiet: bool = False, as_json: bool = False):
+        self.quiet = quiet or as_json
+        self.as_json = as_json
+        # soft_wrap: paths and commands stay on one line, whatever the terminal width.
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self.err.print(text)
+
+    def table(self, table: Table) -> None:
+        if not self.as_json:
+            self.out.print(table)
+
+    def result(self, data: Any, text: str | None = None) -> None:
+        """The command's final result: JSON in --json mode, else `text` when given."""
+        if self.as_json:
+            sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+        elif text:
+            self.out.print(text)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def user_errors(command: Callable) -> Callable:
+    """Print a UserError as one clear message (no traceback) and exit with status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            Console(stderr=True).print("[yellow]interrupted[/yellow]")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def parse_key_values(items: Sequence[str] | None, option: str) -> dict[str, Any]:
+    """`name=value` pairs (values parsed as JSON when they parse, else kept as strings)."""
+    parsed: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{option} takes name=value, got {item!r}")
+        try:
+            parsed[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[name] = value
+    return parsed
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def eval_table(result: EvalResult, title: str) -> Table:
+    """Top-1, top-5 and the worst classes of an evaluation, as a rich table."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("split", f"{result.split} ({result.images} images)")
+    table.add_row("top-1", percent(result.top1))
+    table.add_row(f"top-{result.topk}", percent(result.top5))
+    table.add_row("loss", f"{result.loss:.4f}")
+    worst = sorted((v, k) for k, v in result.per_class.items() if v is not None)[:3]
+    table.add_row("weakest classes", ", ".join(f"{k} {percent(v)}" for v, k in worst))
+    return table

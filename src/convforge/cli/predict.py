@@ -1,0 +1,58 @@
+"""`convforge predict RUN IMAGE...`: top-k classes for image files or folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from convforge.checkpoint import load_model
+from convforge.cli.common import DeviceOption, JsonOption, Output, QuietOption, user_errors
+from convforge.deploy import expand_image_paths, predict_files
+from convforge.runs import Run
+from convforge.train.engine import resolve_amp, resolve_device
+
+
+@user_errors
+def predict_command(
+    run_path: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder with a trained model.")],
+    images: Annotated[
+        list[str], typer.Argument(metavar="IMAGE...", help="Image files or folders of images.")
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image.")] = 3,
+    amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off.")] = "auto",
+    device: DeviceOption = "auto",
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Predict the classes of images with a run's model.
+
+    Example: convforge predict runs/demo photo1.jpg photos/ --top-k 3
+    """
+    output = Output(quiet, as_json)
+    run = Run.open(run_path)
+    target_device = resolve_device(device)
+    model, spec = load_model(run.path, device=target_device)
+    files = expand_image_paths(images)
+    predictions = predict_files(
+        model, spec, files, top_k=top_k, device=target_device, amp_dtype=resolve_amp(amp, target_device)
+    )
+    table = Table(title=f"{run.path}: {len(files)} image(s)")
+    table.add_column("image", overflow="fold")
+    table.add_column("prediction")
+    for prediction in predictions:
+        if prediction.error:
+            table.add_row(prediction.path, f"[red]unreadable: {prediction.error}[/red]")
+        else:
+            table.add_row(prediction.path, "  ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top))
+    output.table(table)
+    failed = sum(p.error is not None for p in predictions)
+    if failed:
+        output.message(f"[yellow]{failed} of {len(files)} image(s) could not be read[/yellow]")
+    output.result([p.to_dict() for p in predictions])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)

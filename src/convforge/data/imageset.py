@@ -1,0 +1,179 @@
+"""The in-memory shape of a dataset: splits of uint8 NHWC images with integer labels.
+
+An `ImageSet` is one split. Its images are either materialized (a NumPy array, usually memory-mapped
+from the decode cache, so a second epoch or a second run never decodes again) or, for datasets
+larger than memory, a `FileImages` reader that decodes on demand inside DataLoader workers. Both
+kinds look the same to the loader: `len`, `labels`, `subset`, and uint8 batches of one shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from convforge.data.decode import decode_image
+from convforge.errors import ImageDecodeError
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+class FileImages:
+    """Decodes images on demand, resized to one storage shape, for datasets that do not fit in memory."""
+
+    def __init__(self, paths: Sequence[str], image_shape: tuple[int, int, int], max_pixels: int):
+        self.paths = list(paths)
+        self.image_shape = image_shape
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, index: int) -> np.ndarray | None:
+        """The image at `index`, or None when it cannot be decoded (the loader counts those)."""
+        height, width, channels = self.image_shape
+        try:
+            return decode_image(
+                self.paths[index],
+                mode="RGB" if channels == 3 else "L",
+                size=(height, width),
+                max_pixels=self.max_pixels,
+            )
+        except ImageDecodeError:
+            return None
+
+
+@dataclass
+class ImageSet:
+    """One split: `images[indices[i]]` is image i, `labels[i]` its class index into `classes`."""
+
+    images: np.ndarray | FileImages
+    labels: np.ndarray
+    classes: list[str]
+    indices: np.ndarray | None = None
+    masks: np.ndarray | None = None  # (N, H, W) uint8 ground-truth object masks, when the source has them
+    name: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.indices is None:
+            self.indices = np.arange(len(self.images), dtype=np.int64)
+        if len(self.labels) != len(self.indices):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.indices)} images")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.images, FileImages)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        if isinstance(self.images, FileImages):
+            return self.images.image_shape
+        return tuple(self.images.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, positions: np.ndarray, name: str | None = None) -> ImageSet:
+        """The images at `positions` (indices into this split), sharing the underlying storage."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return ImageSet(
+            images=self.images,
+            labels=self.labels[positions],
+            classes=self.classes,
+            indices=self.indices[positions],
+            masks=self.masks,
+            name=name or self.name,
+        )
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, C) images at `positions`; only for materialized splits."""
+        if self.streaming:
+            raise TypeError("a streaming split is read through a DataLoader, not gathered")
+        rows = self.indices[np.asarray(positions, dtype=np.int64)]
+        if isinstance(self.images, np.memmap) or getattr(self.images, "filename", None):
+            # Reading a memory map in ascending order touches each page once.
+            order = np.argsort(rows, kind="stable")
+            out = np.empty((len(rows), *self.image_shape), dtype=np.uint8)
+            out[order] = self.images[rows[order]]
+            return out
+        return self.images[rows]
+
+    def gather_masks(self, positions: np.ndarray) -> np.ndarray | None:
+        if self.masks is None:
+            return None
+        return self.masks[self.indices[np.asarray(positions, dtype=np.int64)]]
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+
+@dataclass
+class Dataset:
+    """A parsed dataset spec: its splits, classes and what happened while reading it."""
+
+    spec: str
+    classes: list[str]
+    splits: dict[str, ImageSet]
+    fingerprint: str
+    skipped: list[SkippedFile] = field(default_factory=list)
+    ignored_files: int = 0
+    empty_classes: list[str] = field(default_factory=list)
+    cache_path: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return next(iter(self.splits.values())).image_shape[2]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return next(iter(self.splits.values())).image_shape
+
+    @property
+    def train(self) -> ImageSet | None:
+        return self.splits.get("train")
+
+    @property
+    def val(self) -> ImageSet | None:
+        return self.splits.get("val")
+
+    @property
+    def test(self) -> ImageSet | None:
+        return self.splits.get("test")
+
+    def eval_split(self) -> ImageSet:
+        """The split a final evaluation uses: test, else val, else everything there is."""
+        for name in ("test", "val", "train"):
+            if name in self.splits:
+                return self.splits[name]
+        raise ValueError("dataset has no splits")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "classes": self.classes,
+            "image_shape": list(self.image_shape),
+            "splits": {name: len(split) for name, split in self.splits.items()},
+            "streaming": any(split.streaming for split in self.splits.values()),
+            "fingerprint": self.fingerprint,
+            "skipped_files": len(self.skipped),
+            "skipped": [s.to_dict() for s in self.skipped[:100]],
+            "ignored_non_image_files": self.ignored_files,
+            "empty_classes": self.empty_classes,
+        }

@@ -1,0 +1,126 @@
+"""`create_model`: any timm architecture or convforge's own, with clear errors and safe weight loading.
+
+convforge's native architectures register themselves in timm's registry (importing
+`convforge.models` is enough), so one namespace covers both and `timm.create_model` finds them too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from convforge.errors import CheckpointError, ModelNotFoundError, did_you_mean
+
+
+def all_model_names() -> list[str]:
+    """Every architecture timm's registry knows, convforge's native ones included."""
+    return timm.list_models()
+
+
+def check_model_name(name: str) -> str:
+    """Return the architecture part of `name` (`resnet18.a1_in1k` -> `resnet18`) or raise with a suggestion."""
+    architecture = name.split(".", 1)[0]
+    if not isinstance(name, str) or not timm.is_model(architecture):
+        raise ModelNotFoundError(
+            f"unknown model {name!r}.{did_you_mean(architecture, all_model_names())} "
+            "See `convforge models PATTERN` for the list."
+        )
+    return architecture
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    pretrained: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build an architecture by name, with the timm model interface.
+
+    `pretrained=True` downloads the official weights through timm (only when asked; nothing else
+    downloads). `checkpoint_path` loads a local `.safetensors` (or weights-only `.pth`) file,
+    mapping official key layouts through the model module's `checkpoint_filter_fn` when it has one.
+    """
+    check_model_name(name)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        raise ModelNotFoundError(f"{name} does not accept these options {sorted(kwargs)}: {exc}") from None
+    if checkpoint_path is not None:
+        load_weights(model, checkpoint_path, filter_fn=_checkpoint_filter_fn(name))
+    return model
+
+
+def _checkpoint_filter_fn(name: str) -> Callable | None:
+    module = importlib.import_module(timm.models.model_entrypoint(name.split(".", 1)[0]).__module__)
+    return getattr(module, "checkpoint_filter_fn", None)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file: safetensors, or a PyTorch file loaded with weights_only (no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse means the same thing to the user
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, filter_fn: Callable | None = None) -> None:
+    """Load a weights file into `model`, failing with the name of the first key that does not fit."""
+    state = read_state_dict(path)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    check_state_dict_fits(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+
+
+def check_state_dict_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a CheckpointError naming missing, unexpected and wrongly shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if wrong_shape:
+        problems.append("shape mismatch for " + "; ".join(wrong_shape[:5]))
+    if missing:
+        problems.append(
+            f"missing keys {missing[:5]}" + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        )
+    if unexpected:
+        problems.append(
+            f"unexpected keys {unexpected[:5]}"
+            + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else "")
+        )
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))

@@ -1,0 +1,48 @@
+"""`build_report(run)`: render every section that has something to show into one report.html."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+
+from convforge.report.sections import SECTIONS
+from convforge.runs import REPORT_FILE, Run, atomic_write_bytes
+
+_TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["pct"] = lambda v: "-" if v is None else f"{100 * v:.2f}%"
+    environment.filters["num"] = lambda v, digits=4: "-" if v is None else f"{v:.{digits}f}"
+    return environment
+
+
+def build_report(run_path: str | os.PathLike) -> Path:
+    """Write <run>/report.html (self-contained: every picture embedded) and return its path."""
+    run = Run.open(run_path)
+    environment = _environment()
+    rendered = []
+    for section in sorted(SECTIONS.values(), key=lambda s: s.order):
+        context = section.build(run)
+        if context is None:
+            continue
+        body = environment.get_template(section.template).render(run=run, **context)
+        rendered.append({"name": section.name, "title": section.title, "body": body})
+    html = environment.get_template("report.html.j2").render(
+        run=run,
+        sections=rendered,
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    path = run.path / REPORT_FILE
+    atomic_write_bytes(path, html.encode())
+    return path

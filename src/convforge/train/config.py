@@ -1,0 +1,82 @@
+"""`TrainConfig`: every knob of a training run, stored in run.json so a run can be repeated or resumed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from convforge.errors import ConfigError, did_you_mean
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+CROP_CHOICES = ("auto", "pad", "rrc", "none")
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Defaults suit training a small CNN from scratch on a few thousand images."""
+
+    data: str
+    model: str = "resnet18"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    epochs: int = 10
+    batch_size: int = 128
+    opt: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    sched: str = "cosine"
+    warmup_epochs: int = 1
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    crop: str = "auto"  # pad: pad-and-random-crop (small images); rrc: random-resized-crop (photos)
+    pad: int | None = None  # translation in pixels for crop=pad; default 1/8 of the image side
+    hflip: float = 0.5
+    img_size: int | None = None  # default: the images' own size when small, else the model's
+    ema: bool = False
+    ema_decay: float = 0.999
+    clip_grad: float | None = None
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    val_fraction: float = 0.1
+    strict: bool = False
+    workers: int | None = None
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.lr <= 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.amp not in AMP_CHOICES:
+            problems.append(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
+        if self.crop not in CROP_CHOICES:
+            problems.append(f"crop must be one of {CROP_CHOICES}, got {self.crop!r}")
+        if not 0 <= self.val_fraction < 1:
+            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.img_size is not None and self.img_size < 8:
+            problems.append(f"img_size must be at least 8, got {self.img_size}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {unknown}.{did_you_mean(unknown[0], known)}")
+        return cls(**data)

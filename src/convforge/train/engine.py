@@ -1,0 +1,523 @@
+"""The training engine: one loop, readable top to bottom.
+
+`train(config)` loads the data, builds the model, and for each epoch: shuffles with a seed derived
+from (seed, epoch), augments each uint8 batch on the device (data/transforms.py), steps timm's
+optimizer and per-step scheduler under bf16 autocast where the hardware has it, updates the EMA,
+evaluates on the validation split, and writes the epoch's metrics line, the best weights
+(model.safetensors) and the full training state (checkpoints/last.safetensors), each atomically.
+Finally the best weights are reloaded from disk and evaluated on the test split.
+
+Every source of randomness in an epoch is seeded from (seed, epoch), and the checkpoint holds all
+other state, so a run stopped after epoch k and resumed ends with the same weights, bit for bit, as
+one that never stopped (in deterministic mode; tests/train/test_resume.py kills a run to show it).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+
+from convforge.checkpoint import ModelSpec, load_model, load_train_state, save_model, save_train_state
+from convforge.data import Dataset, load_dataset
+from convforge.data.loader import BatchLoader
+from convforge.data.transforms import AugmentConfig, Preprocessing, TrainAugment
+from convforge.errors import RunFolderError, TrainingDiverged, UserError
+from convforge.models import create_model
+from convforge.runs import CHECKPOINTS_DIR, Run, next_run_dir
+from convforge.train.config import TrainConfig
+from convforge.train.evaluate import EvalResult, autocast_context, evaluate
+from convforge.train.progress import TrainProgress
+from convforge.train.samples import save_prediction_samples
+
+LAST_CHECKPOINT = "last.safetensors"
+_SMALL_IMAGE_SIDE = 128  # at or below this, train at the images' own size with pad-and-crop
+
+
+@dataclass
+class TrainResult:
+    run: Run
+    test: EvalResult | None
+    best_epoch: int
+    best_val_top1: float | None
+    epochs: int
+    wall_seconds: float
+    skipped_files: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": str(self.run.path),
+            "test": self.test.to_dict() if self.test else None,
+            "best_epoch": self.best_epoch,
+            "best_val_top1": self.best_val_top1,
+            "epochs": self.epochs,
+            "wall_seconds": self.wall_seconds,
+            "skipped_files": self.skipped_files,
+        }
+
+
+# ------------------------------------------------------------------------------ resolution
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: 'auto' picks bf16 where the hardware computes it natively (measured faster,
+    see benchmarks/RESULTS.md), else full precision."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UserError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or off")
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
+
+
+def resolve_preprocessing(
+    model: nn.Module, image_shape: tuple[int, int, int], config: TrainConfig
+) -> tuple[Preprocessing, AugmentConfig]:
+    """Input size, normalisation and augmentation for this model on these images.
+
+    Small images (CIFAR, MNIST, shapes) train at their own size with pad-and-random-crop and are
+    evaluated as they are; larger ones use the model's input size with random-resized-crop for
+    training and the model's resize + centre-crop for evaluation, the way timm does.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    height, width, channels = image_shape
+    small = max(height, width) <= _SMALL_IMAGE_SIDE
+    if config.img_size:
+        input_size = (config.img_size, config.img_size)
+    elif small:
+        input_size = (height, width)
+    else:
+        input_size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    crop = config.crop if config.crop != "auto" else ("pad" if small else "rrc")
+    crop_pct = 1.0 if small else float(cfg.get("crop_pct", 0.875))
+    preprocessing = Preprocessing(
+        input_size=input_size,
+        mean=tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
+        std=tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
+        crop_pct=crop_pct,
+        interpolation=cfg.get("interpolation", "bilinear"),
+        channels=channels,
+    )
+    pad = config.pad if config.pad is not None else max(2, min(height, width) // 8)
+    augment = AugmentConfig(crop=crop, pad=pad, hflip=config.hflip, mixup=config.mixup, cutmix=config.cutmix)
+    return preprocessing, augment
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Independent, reproducible seed for everything random in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def set_deterministic(enabled: bool) -> None:
+    if enabled:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+
+
+# ------------------------------------------------------------------------------- the loop
+def train(
+    config: TrainConfig,
+    out: str | Path | None = None,
+    *,
+    progress: TrainProgress | None = None,
+    runs_root: str | Path = "runs",
+    command: str | None = None,
+    dataset: Dataset | None = None,
+) -> TrainResult:
+    """Train `config.model` on `config.data` into a new run folder (`out`, default runs/<model>)."""
+    out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
+    return _Trainer(config, progress, dataset).run_new(out, command or _command_line())
+
+
+def resume(
+    run_path: str | Path, *, progress: TrainProgress | None = None, dataset: Dataset | None = None
+) -> TrainResult:
+    """Continue an interrupted run from its last checkpoint, in the same folder."""
+    run = Run.open(run_path)
+    info = run.info
+    if info.get("stage") != "train":
+        raise RunFolderError(f"{run.path} is a {info.get('stage')} run; only training runs can be resumed")
+    if not (run.path / CHECKPOINTS_DIR / LAST_CHECKPOINT).is_file():
+        raise RunFolderError(
+            f"{run.path} has no training checkpoint to resume from (it stopped before its first epoch "
+            "ended); start it again with `convforge train`"
+        )
+    if info.get("status") == "finished":
+        raise UserError(f"{run.path} finished all its epochs already; nothing to resume")
+    config = TrainConfig.from_dict(info["config"])
+    return _Trainer(config, progress, dataset).run_resumed(run)
+
+
+class _Trainer:
+    """Holds the objects of one run so the loop below reads as a list of steps."""
+
+    def __init__(self, config: TrainConfig, progress: TrainProgress | None, dataset: Dataset | None):
+        self.config = config
+        self.progress = progress or TrainProgress(enabled=False)
+        self.dataset = dataset
+        self.device = resolve_device(config.device)
+        self.amp_dtype = resolve_amp(config.amp, self.device)
+
+    # ---------------------------------------------------------------------------- set-up
+    def _setup(self) -> None:
+        config = self.config
+        set_deterministic(config.deterministic)
+        if self.dataset is None:
+            self.dataset = load_dataset(
+                config.data,
+                val_fraction=config.val_fraction,
+                seed=config.seed,
+                strict=config.strict,
+                workers=config.workers,
+            )
+        data = self.dataset
+        if data.train is None or len(data.train) == 0:
+            raise UserError(f"{config.data} has no training images")
+        if data.skipped:
+            self.progress.message(
+                f"[yellow]skipped {len(data.skipped)} unreadable image(s)[/yellow] (first: {data.skipped[0].path}: "
+                f"{data.skipped[0].reason}); see run.json, or use --strict to stop on them"
+            )
+        torch.manual_seed(config.seed)
+        self.model = create_model(
+            config.model,
+            num_classes=data.num_classes,
+            in_chans=data.channels,
+            pretrained=config.pretrained,
+            **config.model_kwargs,
+        )
+        self.preprocessing, augment_config = resolve_preprocessing(self.model, data.image_shape, config)
+        self.spec = ModelSpec(
+            config.model,
+            data.num_classes,
+            data.channels,
+            list(data.classes),
+            self.preprocessing,
+            dict(config.model_kwargs),
+        )
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=memory_format)
+        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.augment = TrainAugment(
+            augment_config, self.preprocessing, data.num_classes, config.label_smoothing
+        )
+        self.train_loader = BatchLoader(
+            data.train,
+            config.batch_size,
+            shuffle=True,
+            drop_last=True,
+            device=self.device,
+            workers=config.workers,
+        )
+        self.optimizer = create_optimizer_v2(
+            self.model,
+            opt=config.opt,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
+        )
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer,
+            sched=config.sched,
+            num_epochs=config.epochs,
+            warmup_epochs=config.warmup_epochs,
+            min_lr=config.min_lr,
+            warmup_lr=config.lr * 0.01,
+            step_on_epochs=False,
+            updates_per_epoch=len(self.train_loader),
+        )
+        self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        if self.augment.soft_targets:
+            self.loss_fn = SoftTargetCrossEntropy()
+        else:
+            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.start_epoch, self.best_epoch, self.best_val = 0, 0, None
+
+    def run_new(self, out: Path, command: str) -> TrainResult:
+        self._setup()
+        self.run = Run.create(
+            out, command=command, stage="train", config=self.config.to_dict(), seeds=[self.config.seed]
+        )
+        amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else "off"
+        self.run.update(data=self.dataset.summary(), amp=amp, device=str(self.device))
+        return self._loop()
+
+    def run_resumed(self, run: Run) -> TrainResult:
+        self._setup()
+        self.run = run
+        recorded = run.info.get("data", {}).get("fingerprint")
+        if recorded and recorded != self.dataset.fingerprint:
+            raise UserError(
+                f"the data in {self.config.data} changed since {run.path} started (fingerprint "
+                f"{recorded[:12]} -> {self.dataset.fingerprint[:12]}); start a new run instead"
+            )
+        state = load_train_state(
+            run.path / CHECKPOINTS_DIR / LAST_CHECKPOINT,
+            model=self.model,
+            optimizer=self.optimizer,
+            ema=self.ema,
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.start_epoch, self.best_epoch, self.best_val = (
+            state["epoch"],
+            state["best_epoch"],
+            state["best_val"],
+        )
+        run.drop_epochs_after(self.start_epoch)
+        run.update(status="running", resumed_at_epoch=self.start_epoch)
+        self.progress.message(f"resuming {run.path} after epoch {self.start_epoch}/{self.config.epochs}")
+        return self._loop()
+
+    # ------------------------------------------------------------------------------ loop
+    def _loop(self) -> TrainResult:
+        config, run = self.config, self.run
+        started = time.perf_counter()
+        previous_wall = run.info.get("train_seconds", 0.0)
+        val_loader_split = self.dataset.val
+        try:
+            for epoch in range(self.start_epoch, config.epochs):
+                stats = self._train_one_epoch(epoch)
+                record = {"kind": "epoch", "epoch": epoch + 1, "epochs": config.epochs, **stats}
+                eval_model = self.ema.module if self.ema is not None else self.model
+                if val_loader_split is not None and len(val_loader_split):
+                    val = evaluate(
+                        eval_model,
+                        val_loader_split,
+                        self.preprocessing,
+                        device=self.device,
+                        batch_size=config.eval_batch_size,
+                        amp_dtype=self.amp_dtype,
+                        workers=config.workers,
+                    )
+                    record.update(val_loss=val.loss, val_acc=val.top1, val_top5=val.top5)
+                improved = self.best_val is None or (record.get("val_acc", -1.0) > self.best_val)
+                if improved:
+                    self.best_val, self.best_epoch = record.get("val_acc", -1.0), epoch + 1
+                record["best"] = improved
+                run.append_metrics(record)
+                if improved or val_loader_split is None:
+                    save_model(run.path, eval_model, self.spec, extra={"epoch": epoch + 1})
+                save_train_state(
+                    run.checkpoints / LAST_CHECKPOINT,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    ema=self.ema,
+                    state=self._state(epoch + 1),
+                )
+                self.progress.end_epoch(record)
+        except TrainingDiverged:
+            run.update(status="diverged")
+            raise
+        finally:
+            self.progress.close()
+        train_seconds = previous_wall + time.perf_counter() - started
+        test = self._final_evaluation()
+        skipped = len(self.dataset.skipped) + self.train_loader.skipped
+        run.update(
+            status="finished",
+            train_seconds=round(train_seconds, 2),
+            best_epoch=self.best_epoch,
+            best_val_acc=self.best_val if self.best_val is not None and self.best_val >= 0 else None,
+            skipped_files=skipped,
+            test=test.to_dict() if test else None,
+        )
+        best_val = self.best_val if self.best_val is not None and self.best_val >= 0 else None
+        return TrainResult(run, test, self.best_epoch, best_val, config.epochs, train_seconds, skipped)
+
+    def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        config = self.config
+        seed = epoch_seed(config.seed, epoch)
+        torch.manual_seed(seed)  # dropout, drop-path
+        np.random.seed(seed % 2**32)  # timm's Mixup draws from NumPy's global generator
+        generator = torch.Generator().manual_seed(seed)
+        self.model.train()
+        steps = len(self.train_loader)
+        updates_before = epoch * steps
+        sync_every = 1 if self.device.type == "cpu" else 25
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, started = 0, time.perf_counter()
+        self.progress.start_epoch(epoch + 1, config.epochs, steps)
+        for step, (images, labels, _) in enumerate(self.train_loader.batches(seed), start=1):
+            inputs, targets = self.augment(images, labels, generator)
+            with autocast_context(self.device, self.amp_dtype):
+                logits = self.step_model(inputs)
+            loss = self.loss_fn(logits.float(), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if config.clip_grad:
+                nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.scheduler.step_update(num_updates=updates_before + step)
+            if self.ema is not None:
+                self.ema.update(self.model, step=updates_before + step)
+            hard = labels if targets.ndim == 1 else targets.argmax(dim=1)
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.detach().argmax(dim=1) == hard).sum()
+            seen += len(labels)
+            if step % sync_every == 0 or step == steps:
+                self._check_finite(loss, epoch, step)
+                elapsed = time.perf_counter() - started
+                self.progress.update(
+                    step, loss_sum.item() / seen, correct.item() / seen, seen / max(elapsed, 1e-9)
+                )
+        elapsed = time.perf_counter() - started
+        return {
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_acc": correct.item() / max(seen, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_second": seen / max(elapsed, 1e-9),
+            "epoch_seconds": elapsed,
+        }
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        if not math.isfinite(loss.item()):
+            kept = (
+                f"the last good weights (epoch {self.best_epoch}) are kept in {self.run.path}"
+                if self.best_epoch
+                else "no epoch finished, so no checkpoint was written"
+            )
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; training stopped and {kept}. "
+                "Try a lower --lr, --clip-grad 1.0, or --amp off."
+            )
+
+    def _state(self, epochs_done: int) -> dict[str, Any]:
+        return {
+            "epoch": epochs_done,
+            "best_epoch": self.best_epoch,
+            "best_val": self.best_val,
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def _final_evaluation(self) -> EvalResult | None:
+        split = self.dataset.test or self.dataset.val
+        if split is None or not len(split) or not self.run.has_model:
+            return None
+        model, _ = load_model(self.run.path, device=self.device)
+        if self.config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        result = evaluate(
+            model,
+            split,
+            self.preprocessing,
+            device=self.device,
+            batch_size=self.config.eval_batch_size,
+            amp_dtype=self.amp_dtype,
+            workers=self.config.workers,
+        )
+        self.run.append_metrics({"kind": "eval", **result.to_dict()})
+        save_prediction_samples(self.run, split, result)
+        return result
+
+
+def train_seeds(
+    config: TrainConfig,
+    seeds: int,
+    out: str | Path | None = None,
+    *,
+    progress: TrainProgress | None = None,
+    runs_root: str | Path = "runs",
+) -> tuple[list[TrainResult], dict[str, Any]]:
+    """Train `seeds` times (seed, seed+1, ...). The first run is `out`; the others are its children
+    in out/seeds/seed-N. Returns the results and the mean and standard deviation of test top-1."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
+    command = _command_line()
+    # One dataset (and one validation split, drawn with the first seed) for all seeds, so the spread
+    # measures training randomness only.
+    dataset = None
+    results = []
+    for k in range(seeds):
+        seed_config = replace(config, seed=config.seed + k)
+        target = out if k == 0 else out / "seeds" / f"seed-{seed_config.seed}"
+        if progress is not None and seeds > 1:
+            progress.message(f"[bold]seed {seed_config.seed}[/bold] ({k + 1}/{seeds}) -> {target}")
+        trainer = _Trainer(seed_config, progress, dataset)
+        results.append(trainer.run_new(target, command))
+        dataset = trainer.dataset
+    summary = seeds_summary(results)
+    first = results[0].run
+    first.append_metrics({"kind": "seeds", **summary})
+    first.update(seeds=[r["seed"] for r in summary["runs"]], seeds_summary=summary)
+    return results, summary
+
+
+def seeds_summary(results: list[TrainResult]) -> dict[str, Any]:
+    top1 = np.array([r.test.top1 for r in results if r.test is not None], dtype=np.float64)
+    top5 = np.array([r.test.top5 for r in results if r.test is not None], dtype=np.float64)
+    spread = lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0  # noqa: E731 - sample std over seeds
+    return {
+        "n": len(results),
+        "top1_mean": float(top1.mean()) if len(top1) else None,
+        "top1_std": spread(top1) if len(top1) else None,
+        "top5_mean": float(top5.mean()) if len(top5) else None,
+        "top5_std": spread(top5) if len(top5) else None,
+        "runs": [
+            {
+                "seed": r.run.info["config"]["seed"],
+                "run": str(r.run.path),
+                "top1": r.test.top1 if r.test else None,
+            }
+            for r in results
+        ],
+    }
+
+
+def _command_line() -> str:
+    return " ".join(["convforge", *sys.argv[1:]]) if sys.argv and "convforge" in sys.argv[0] else "python-api"

@@ -1,0 +1,32 @@
+"""Batch order is a seeded permutation; every image appears once per epoch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convforge.data.imageset import ImageSet
+from convforge.data.loader import BatchLoader
+
+
+def _imageset(n=23):
+    images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1).repeat(2, axis=1)
+    return ImageSet(images, np.arange(n) % 3, ["a", "b", "c"])
+
+
+def test_each_image_once_and_seeded_order():
+    loader = BatchLoader(_imageset(), 5, shuffle=True)
+    first = np.concatenate([b[2].numpy() for b in loader.batches(seed=1)])
+    again = np.concatenate([b[2].numpy() for b in loader.batches(seed=1)])
+    other = np.concatenate([b[2].numpy() for b in loader.batches(seed=2)])
+    assert sorted(first.tolist()) == list(range(23))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_images_and_labels_stay_together_and_drop_last():
+    loader = BatchLoader(_imageset(), 5, shuffle=True, drop_last=True)
+    assert len(loader) == 4
+    for images, labels, positions in loader.batches(seed=0):
+        assert len(images) == 5
+        np.testing.assert_array_equal(images[:, 0, 0, 0].numpy(), positions.numpy())
+        np.testing.assert_array_equal(labels.numpy(), positions.numpy() % 3)

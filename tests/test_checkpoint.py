@@ -1,0 +1,90 @@
+"""Weights files verify themselves: round trips are exact, truncation and tampering are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from convforge.checkpoint import ModelSpec, load_model, read_tensors, save_model, write_tensors
+from convforge.data.transforms import Preprocessing
+from convforge.errors import CheckpointError
+from convforge.models import create_model
+
+
+def _saved(tmp_path, num_classes=5):
+    spec = ModelSpec(
+        "resnet10t",
+        num_classes,
+        3,
+        [f"c{i}" for i in range(num_classes)],
+        Preprocessing((32, 32), (0.5,) * 3, (0.25,) * 3),
+    )
+    model = create_model("resnet10t", num_classes=num_classes)
+    save_model(tmp_path, model, spec)
+    return model, spec
+
+
+def test_round_trip_is_exact(tmp_path):
+    model, spec = _saved(tmp_path)
+    loaded, loaded_spec = load_model(tmp_path)
+    assert loaded_spec == spec
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    description = json.loads((tmp_path / "model.json").read_text())
+    assert description["shapes"]["fc.weight"] == [5, 512]
+    assert description["classes"] == spec.classes
+
+
+def test_truncated_weights_are_refused(tmp_path):
+    _saved(tmp_path)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="truncated or damaged"):
+        load_model(tmp_path)
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    _saved(tmp_path)
+    path = tmp_path / "model.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # flip bits inside the last tensor
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="fails its integrity check"):
+        load_model(tmp_path)
+
+
+def test_swapped_model_json_is_refused(tmp_path):
+    _saved(tmp_path / "a")
+    _saved(tmp_path / "b")
+    (tmp_path / "a" / "model.json").write_text((tmp_path / "b" / "model.json").read_text())
+    with pytest.raises(CheckpointError, match="disagree"):
+        load_model(tmp_path / "a")
+
+
+def test_class_count_mismatch_names_both(tmp_path):
+    _, spec = _saved(tmp_path, num_classes=5)
+    wanted = ModelSpec("resnet10t", 10, 3, [str(i) for i in range(10)], spec.preprocessing)
+    with pytest.raises(
+        CheckpointError, match="holds resnet10t with 5 classes, but resnet10t with 10 classes"
+    ):
+        load_model(tmp_path, expect=wanted)
+    other_arch = ModelSpec("resnet18", 5, 3, spec.classes, spec.preprocessing)
+    with pytest.raises(CheckpointError, match="holds resnet10t with 5 classes, but resnet18 with 5"):
+        load_model(tmp_path, expect=other_arch)
+
+
+def test_foreign_safetensors_file_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="not written by convforge"):
+        read_tensors(tmp_path / "x.safetensors")
+
+
+def test_tied_and_shared_tensors_can_be_written(tmp_path):
+    shared = torch.arange(6.0)
+    write_tensors(tmp_path / "t.safetensors", {"a": shared, "b": shared, "c": shared[:3]}, {"k": 1})
+    tensors, metadata, _ = read_tensors(tmp_path / "t.safetensors")
+    assert metadata == {"k": 1} and torch.equal(tensors["c"], torch.arange(3.0))

@@ -1,0 +1,53 @@
+"""Run folders: creation, opening errors, lineage, metrics that survive a torn write."""
+
+from __future__ import annotations
+
+import pytest
+
+from convforge.errors import RunFolderError
+from convforge.runs import Run, next_run_dir
+
+
+def test_create_open_and_lineage(tmp_path):
+    parent = Run.create(tmp_path / "a", command="convforge train", stage="train", config={"x": 1})
+    child = Run.create(
+        tmp_path / "b", command="convforge prune", stage="prune", config={}, parent=parent.path
+    )
+    assert [r.name for r in Run.open(child.path).lineage()] == ["a", "b"]
+    info = parent.info
+    assert info["stage"] == "train" and info["versions"]["torch"] and info["hardware"]["logical_cores"]
+
+
+def test_opening_something_that_is_not_a_run(tmp_path):
+    with pytest.raises(RunFolderError, match="does not exist"):
+        Run.open(tmp_path / "missing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(RunFolderError, match="is not a run folder: it has no run.json"):
+        Run.open(tmp_path / "plain")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file, not a run folder"):
+        Run.open(tmp_path / "file.txt")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text("{not json")
+    with pytest.raises(RunFolderError, match="damaged"):
+        Run.open(tmp_path / "bad")
+
+
+def test_existing_folder_is_not_overwritten(tmp_path):
+    Run.create(tmp_path / "a", command="c", stage="train", config={})
+    with pytest.raises(RunFolderError, match="already exists and is not empty"):
+        Run.create(tmp_path / "a", command="c", stage="train", config={})
+    assert next_run_dir(tmp_path, "a") == tmp_path / "a-2"
+
+
+def test_metrics_skip_a_torn_last_line_and_drop_future_epochs(tmp_path):
+    run = Run.create(tmp_path / "r", command="c", stage="train", config={})
+    for epoch in (1, 2, 3):
+        run.append_metrics({"kind": "epoch", "epoch": epoch})
+    run.append_metrics({"kind": "eval", "top1": 0.5})
+    with open(run.path / "metrics.jsonl", "a") as handle:
+        handle.write('{"kind": "epoch", "ep')  # a write cut off by a crash
+    assert [r["epoch"] for r in run.metrics("epoch")] == [1, 2, 3]
+    run.drop_epochs_after(1)
+    assert [r["epoch"] for r in run.metrics("epoch")] == [1]
+    assert run.metrics("eval")[0]["top1"] == 0.5

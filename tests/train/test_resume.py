@@ -1,0 +1,110 @@
+"""A run killed with SIGKILL in the middle of an epoch and resumed ends bit-identical to one never stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from convforge.checkpoint import read_tensors
+from convforge.errors import RunFolderError, UserError
+from convforge.train import resume
+from tests.helpers import TINY_MODEL, TINY_MODEL_KWARGS
+
+DATA = "shapes:size=32,train=1600,val=200,test=200"
+
+
+def _train_command(out, epochs=3):
+    return [
+        sys.executable,
+        "-m",
+        "convforge",
+        "train",
+        DATA,
+        "--model",
+        TINY_MODEL,
+        "--model-arg",
+        f"channels={json.dumps(TINY_MODEL_KWARGS['channels'])}",
+        "--model-arg",
+        f"stem_width={TINY_MODEL_KWARGS['stem_width']}",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "32",
+        "--crop",
+        "pad",
+        "--ema",
+        "--deterministic",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "2"}
+
+
+def _wait_for_epoch(metrics_path, epoch, process, timeout=300.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metrics_path.is_file():
+            epochs = [json.loads(line) for line in metrics_path.read_text().splitlines() if '"epoch"' in line]
+            if any(r.get("epoch") == epoch for r in epochs if r.get("kind") == "epoch"):
+                return
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early: {process.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the epoch in time")
+
+
+def _tensors(run):
+    model, _, _ = read_tensors(run / "model.safetensors")
+    state, metadata, _ = read_tensors(run / "checkpoints" / "last.safetensors")
+    return model, state, metadata
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(_train_command(reference), check=True, env=_env(), capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(killed), env=_env(), stderr=subprocess.PIPE, text=True)
+    _wait_for_epoch(killed / "metrics.jsonl", 1, process)
+    time.sleep(0.5)  # well into epoch 2 (an epoch takes several seconds)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    _, _, metadata = _tensors(killed)
+    assert metadata["epoch"] == 1  # the checkpoint of the finished epoch, intact
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"
+
+    result = resume(killed)
+    assert result.epochs == 3
+    ref_model, ref_state, ref_meta = _tensors(reference)
+    new_model, new_state, new_meta = _tensors(killed)
+    assert sorted(ref_state) == sorted(new_state)
+    for name in ref_state:  # model, EMA and optimizer state, bit for bit
+        assert ref_state[name].equal(new_state[name]), name
+    for name in ref_model:
+        assert ref_model[name].equal(new_model[name]), name
+    assert ref_meta["scheduler"] == new_meta["scheduler"]
+    epochs = [
+        r
+        for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "epoch"
+    ]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+
+
+def test_resume_errors(tmp_path, tiny_run):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        resume(tmp_path / "plain")
+    with pytest.raises(UserError, match="finished all its epochs already"):
+        resume(tiny_run.run.path)
