@@ -29,7 +29,7 @@ from torch import nn
 from convforge.data.transforms import Preprocessing
 from convforge.errors import CheckpointError
 from convforge.models import create_model
-from convforge.models.factory import check_state_dict_fits
+from convforge.models.factory import check_state_dict_fits, safetensors_metadata
 from convforge.runs import MODEL_FILE, WEIGHTS_FILE, atomic_write_bytes, atomic_write_json
 
 FORMAT = 1
@@ -98,7 +98,7 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     raw = path.read_bytes()
     try:
         tensors = load_safetensors_bytes(raw)
-        header = _safetensors_metadata(raw)
+        header = safetensors_metadata(raw)
     except (SafetensorError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
         raise CheckpointError(
             f"{path} is not a readable safetensors file ({exc}); it may be truncated or damaged"
@@ -112,13 +112,6 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             "the file was modified or damaged after it was written"
         )
     return tensors, json.loads(header["convforge"]), digest
-
-
-def _safetensors_metadata(raw: bytes) -> dict[str, str]:
-    if len(raw) < 8:
-        raise ValueError("file too short")
-    size = int.from_bytes(raw[:8], "little")
-    return json.loads(raw[8 : 8 + size]).get("__metadata__", {}) or {}
 
 
 # ------------------------------------------------------------------------------ models

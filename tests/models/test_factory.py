@@ -52,6 +52,24 @@ def test_checkpoint_that_does_not_fit_names_the_key(tmp_path):
         create_model("resnet18", num_classes=4, checkpoint_path=tmp_path / "w.safetensors")
 
 
+def test_convforge_checkpoint_of_another_class_count_names_both(tiny_run):
+    weights = tiny_run.run.path / "model.safetensors"
+    with pytest.raises(
+        CheckpointError, match="holds resnet10t with 10 classes, but resnet10t with 4 classes"
+    ):
+        create_model(
+            "resnet10t", num_classes=4, checkpoint_path=weights, channels=[16, 24, 32, 48], stem_width=8
+        )
+    with pytest.raises(
+        CheckpointError, match="holds resnet10t with 10 classes, but resnet18 with 10 classes"
+    ):
+        create_model("resnet18", num_classes=10, checkpoint_path=weights)
+    model = create_model(
+        "resnet10t", num_classes=10, checkpoint_path=weights, channels=[16, 24, 32, 48], stem_width=8
+    )
+    assert model.num_classes == 10
+
+
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     class Exploit:
         def __reduce__(self):

@@ -7,6 +7,7 @@ convforge's native architectures register themselves in timm's registry (importi
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -59,8 +60,46 @@ def create_model(
     except TypeError as exc:
         raise ModelNotFoundError(f"{name} does not accept these options {sorted(kwargs)}: {exc}") from None
     if checkpoint_path is not None:
+        _check_convforge_checkpoint(checkpoint_path, name, model)
         load_weights(model, checkpoint_path, filter_fn=_checkpoint_filter_fn(name))
     return model
+
+
+def _check_convforge_checkpoint(path: str | os.PathLike, name: str, model: nn.Module) -> None:
+    """A weights file written by convforge says what it holds; refuse a mismatch naming both sides."""
+    description = safetensors_description(path)
+    if not description or "architecture" not in description:
+        return
+    held = (description["architecture"], description.get("num_classes"))
+    wanted = (name.split(".", 1)[0], getattr(model, "num_classes", None))
+    if held != wanted:
+        raise CheckpointError(
+            f"{path} holds {held[0]} with {held[1]} classes, but {wanted[0]} with {wanted[1]} classes was asked for"
+        )
+
+
+def safetensors_description(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The convforge description in a safetensors header, read without loading any tensor (or None)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            metadata = safetensors_metadata(prefix + handle.read(int.from_bytes(prefix, "little")))
+        return json.loads(metadata.get("convforge", "null"))
+    except (OSError, ValueError):
+        return None
+
+
+def safetensors_metadata(raw: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file from its first bytes (8-byte length, JSON header)."""
+    if len(raw) < 8:
+        raise ValueError("file too short for a safetensors header")
+    size = int.from_bytes(raw[:8], "little")
+    if size > len(raw) - 8:
+        raise ValueError("safetensors header runs past the end of the file")
+    return json.loads(raw[8 : 8 + size]).get("__metadata__", {}) or {}
 
 
 def _checkpoint_filter_fn(name: str) -> Callable | None:

@@ -318,16 +318,16 @@ class _Trainer:
         config, run = self.config, self.run
         started = time.perf_counter()
         previous_wall = run.info.get("train_seconds", 0.0)
-        val_loader_split = self.dataset.val
+        val_split = self.dataset.val
         try:
             for epoch in range(self.start_epoch, config.epochs):
                 stats = self._train_one_epoch(epoch)
                 record = {"kind": "epoch", "epoch": epoch + 1, "epochs": config.epochs, **stats}
                 eval_model = self.ema.module if self.ema is not None else self.model
-                if val_loader_split is not None and len(val_loader_split):
+                if val_split is not None and len(val_split):
                     val = evaluate(
                         eval_model,
-                        val_loader_split,
+                        val_split,
                         self.preprocessing,
                         device=self.device,
                         batch_size=config.eval_batch_size,
@@ -335,12 +335,15 @@ class _Trainer:
                         workers=config.workers,
                     )
                     record.update(val_loss=val.loss, val_acc=val.top1, val_top5=val.top5)
-                improved = self.best_val is None or (record.get("val_acc", -1.0) > self.best_val)
+                # Without a validation split the latest weights are the best we can know of.
+                improved = (
+                    "val_acc" not in record or self.best_val is None or record["val_acc"] > self.best_val
+                )
                 if improved:
-                    self.best_val, self.best_epoch = record.get("val_acc", -1.0), epoch + 1
+                    self.best_val, self.best_epoch = record.get("val_acc"), epoch + 1
                 record["best"] = improved
                 run.append_metrics(record)
-                if improved or val_loader_split is None:
+                if improved:
                     save_model(run.path, eval_model, self.spec, extra={"epoch": epoch + 1})
                 save_train_state(
                     run.checkpoints / LAST_CHECKPOINT,
@@ -362,12 +365,11 @@ class _Trainer:
             status="finished",
             train_seconds=round(train_seconds, 2),
             best_epoch=self.best_epoch,
-            best_val_acc=self.best_val if self.best_val is not None and self.best_val >= 0 else None,
+            best_val_acc=self.best_val,
             skipped_files=skipped,
             test=test.to_dict() if test else None,
         )
-        best_val = self.best_val if self.best_val is not None and self.best_val >= 0 else None
-        return TrainResult(run, test, self.best_epoch, best_val, config.epochs, train_seconds, skipped)
+        return TrainResult(run, test, self.best_epoch, self.best_val, config.epochs, train_seconds, skipped)
 
     def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
         config = self.config
