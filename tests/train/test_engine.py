@@ -11,7 +11,7 @@ import torch
 from convforge import TrainConfig, load_model, train, train_seeds
 from convforge.checkpoint import read_tensors
 from convforge.errors import ConfigError, TrainingDiverged
-from convforge.train.engine import resolve_amp, resolve_preprocessing
+from convforge.train.setup import resolve_amp, resolve_preprocessing
 from tests.helpers import TINY_MODEL, TINY_MODEL_KWARGS, TINY_SHAPES
 
 

@@ -12,9 +12,9 @@ from convforge.cli.common import DeviceOption, JsonOption, Output, QuietOption, 
 from convforge.data import load_dataset
 from convforge.errors import DatasetError
 from convforge.runs import Run
-from convforge.train.engine import resolve_amp, resolve_device
 from convforge.train.evaluate import align_classes, evaluate
 from convforge.train.samples import save_prediction_samples
+from convforge.train.setup import resolve_amp, resolve_device
 
 
 @user_errors

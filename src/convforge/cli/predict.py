@@ -12,7 +12,7 @@ from convforge.checkpoint import load_model
 from convforge.cli.common import DeviceOption, JsonOption, Output, QuietOption, user_errors
 from convforge.deploy import expand_image_paths, predict_files
 from convforge.runs import Run
-from convforge.train.engine import resolve_amp, resolve_device
+from convforge.train.setup import resolve_amp, resolve_device
 
 
 @user_errors

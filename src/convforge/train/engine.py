@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -33,7 +32,7 @@ from torch import nn
 from convforge.checkpoint import ModelSpec, load_model, load_train_state, save_model, save_train_state
 from convforge.data import Dataset, load_dataset
 from convforge.data.loader import BatchLoader
-from convforge.data.transforms import AugmentConfig, Preprocessing, TrainAugment
+from convforge.data.transforms import TrainAugment
 from convforge.errors import RunFolderError, TrainingDiverged, UserError
 from convforge.models import create_model
 from convforge.runs import CHECKPOINTS_DIR, Run, next_run_dir
@@ -41,9 +40,15 @@ from convforge.train.config import TrainConfig
 from convforge.train.evaluate import EvalResult, autocast_context, evaluate
 from convforge.train.progress import TrainProgress
 from convforge.train.samples import save_prediction_samples
+from convforge.train.setup import (
+    epoch_seed,
+    resolve_amp,
+    resolve_device,
+    resolve_preprocessing,
+    set_deterministic,
+)
 
 LAST_CHECKPOINT = "last.safetensors"
-_SMALL_IMAGE_SIDE = 128  # at or below this, train at the images' own size with pad-and-crop
 
 
 @dataclass
@@ -68,94 +73,6 @@ class TrainResult:
         }
 
 
-# ------------------------------------------------------------------------------ resolution
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but this machine has no CUDA GPU; use --device cpu")
-    return device
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: 'auto' picks bf16 where the hardware computes it natively (measured faster,
-    see benchmarks/RESULTS.md), else full precision."""
-    if amp == "off":
-        return None
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise UserError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or off")
-        return torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
-
-
-def resolve_preprocessing(
-    model: nn.Module, image_shape: tuple[int, int, int], config: TrainConfig
-) -> tuple[Preprocessing, AugmentConfig]:
-    """Input size, normalisation and augmentation for this model on these images.
-
-    Small images (CIFAR, MNIST, shapes) train at their own size with pad-and-random-crop and are
-    evaluated as they are; larger ones use the model's input size with random-resized-crop for
-    training and the model's resize + centre-crop for evaluation, the way timm does.
-    """
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    height, width, channels = image_shape
-    small = max(height, width) <= _SMALL_IMAGE_SIDE
-    if config.img_size:
-        input_size = (config.img_size, config.img_size)
-    elif small:
-        input_size = (height, width)
-    else:
-        input_size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
-    crop = config.crop if config.crop != "auto" else ("pad" if small else "rrc")
-    crop_pct = 1.0 if small else float(cfg.get("crop_pct", 0.875))
-    preprocessing = Preprocessing(
-        input_size=input_size,
-        mean=tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
-        std=tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
-        crop_pct=crop_pct,
-        interpolation=cfg.get("interpolation", "bilinear"),
-        channels=channels,
-    )
-    pad = config.pad if config.pad is not None else max(2, min(height, width) // 8)
-    augment = AugmentConfig(crop=crop, pad=pad, hflip=config.hflip, mixup=config.mixup, cutmix=config.cutmix)
-    return preprocessing, augment
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Independent, reproducible seed for everything random in one epoch."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def set_deterministic(enabled: bool) -> None:
-    if enabled:
-        import os
-
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.benchmark = True
-
-
 # ------------------------------------------------------------------------------- the loop
 def train(
     config: TrainConfig,
@@ -168,7 +85,7 @@ def train(
 ) -> TrainResult:
     """Train `config.model` on `config.data` into a new run folder (`out`, default runs/<model>)."""
     out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
-    return _Trainer(config, progress, dataset).run_new(out, command or _command_line())
+    return _Trainer(config, progress, dataset).run_new(out, command or invoked_command())
 
 
 def resume(
@@ -467,59 +384,6 @@ class _Trainer:
         return result
 
 
-def train_seeds(
-    config: TrainConfig,
-    seeds: int,
-    out: str | Path | None = None,
-    *,
-    progress: TrainProgress | None = None,
-    runs_root: str | Path = "runs",
-) -> tuple[list[TrainResult], dict[str, Any]]:
-    """Train `seeds` times (seed, seed+1, ...). The first run is `out`; the others are its children
-    in out/seeds/seed-N. Returns the results and the mean and standard deviation of test top-1."""
-    if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
-    out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
-    command = _command_line()
-    # One dataset (and one validation split, drawn with the first seed) for all seeds, so the spread
-    # measures training randomness only.
-    dataset = None
-    results = []
-    for k in range(seeds):
-        seed_config = replace(config, seed=config.seed + k)
-        target = out if k == 0 else out / "seeds" / f"seed-{seed_config.seed}"
-        if progress is not None and seeds > 1:
-            progress.message(f"[bold]seed {seed_config.seed}[/bold] ({k + 1}/{seeds}) -> {target}")
-        trainer = _Trainer(seed_config, progress, dataset)
-        results.append(trainer.run_new(target, command))
-        dataset = trainer.dataset
-    summary = seeds_summary(results)
-    first = results[0].run
-    first.append_metrics({"kind": "seeds", **summary})
-    first.update(seeds=[r["seed"] for r in summary["runs"]], seeds_summary=summary)
-    return results, summary
-
-
-def seeds_summary(results: list[TrainResult]) -> dict[str, Any]:
-    top1 = np.array([r.test.top1 for r in results if r.test is not None], dtype=np.float64)
-    top5 = np.array([r.test.top5 for r in results if r.test is not None], dtype=np.float64)
-    spread = lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0  # noqa: E731 - sample std over seeds
-    return {
-        "n": len(results),
-        "top1_mean": float(top1.mean()) if len(top1) else None,
-        "top1_std": spread(top1) if len(top1) else None,
-        "top5_mean": float(top5.mean()) if len(top5) else None,
-        "top5_std": spread(top5) if len(top5) else None,
-        "runs": [
-            {
-                "seed": r.run.info["config"]["seed"],
-                "run": str(r.run.path),
-                "top1": r.test.top1 if r.test else None,
-            }
-            for r in results
-        ],
-    }
-
-
-def _command_line() -> str:
+def invoked_command() -> str:
+    """The command line that started this process, for run.json (`python-api` when not the CLI)."""
     return " ".join(["convforge", *sys.argv[1:]]) if sys.argv and "convforge" in sys.argv[0] else "python-api"

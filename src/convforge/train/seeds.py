@@ -1,0 +1,69 @@
+"""Repeating a training run over seeds, to report mean and standard deviation instead of one number."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convforge.data import load_dataset
+from convforge.errors import UserError
+from convforge.runs import next_run_dir
+from convforge.train.config import TrainConfig
+from convforge.train.engine import TrainResult, invoked_command, train
+from convforge.train.progress import TrainProgress
+
+
+def train_seeds(
+    config: TrainConfig,
+    seeds: int,
+    out: str | Path | None = None,
+    *,
+    progress: TrainProgress | None = None,
+    runs_root: str | Path = "runs",
+) -> tuple[list[TrainResult], dict[str, Any]]:
+    """Train `seeds` times (seed, seed+1, ...). The first run is `out`; the others are its children
+    in out/seeds/seed-N. Returns the results and the mean and standard deviation of test top-1."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
+    command = invoked_command()
+    # One dataset (and one validation split, drawn with the first seed) for all seeds, so the spread
+    # measures training randomness only.
+    dataset = load_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed, strict=config.strict,
+                           workers=config.workers)  # fmt: skip
+    results = []
+    for k in range(seeds):
+        seed_config = replace(config, seed=config.seed + k)
+        target = out if k == 0 else out / "seeds" / f"seed-{seed_config.seed}"
+        if progress is not None and seeds > 1:
+            progress.message(f"[bold]seed {seed_config.seed}[/bold] ({k + 1}/{seeds}) -> {target}")
+        results.append(train(seed_config, target, progress=progress, command=command, dataset=dataset))
+    summary = seeds_summary(results)
+    first = results[0].run
+    first.append_metrics({"kind": "seeds", **summary})
+    first.update(seeds=[r["seed"] for r in summary["runs"]], seeds_summary=summary)
+    return results, summary
+
+
+def seeds_summary(results: list[TrainResult]) -> dict[str, Any]:
+    top1 = np.array([r.test.top1 for r in results if r.test is not None], dtype=np.float64)
+    top5 = np.array([r.test.top5 for r in results if r.test is not None], dtype=np.float64)
+    spread = lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0  # noqa: E731 - sample std over seeds
+    return {
+        "n": len(results),
+        "top1_mean": float(top1.mean()) if len(top1) else None,
+        "top1_std": spread(top1) if len(top1) else None,
+        "top5_mean": float(top5.mean()) if len(top5) else None,
+        "top5_std": spread(top5) if len(top5) else None,
+        "runs": [
+            {
+                "seed": r.run.info["config"]["seed"],
+                "run": str(r.run.path),
+                "top1": r.test.top1 if r.test else None,
+            }
+            for r in results
+        ],
+    }

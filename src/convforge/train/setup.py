@@ -1,0 +1,102 @@
+"""How a run is set up on this machine: device, precision, preprocessing, determinism, epoch seeds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from convforge.data.transforms import AugmentConfig, Preprocessing
+from convforge.errors import UserError
+from convforge.train.config import TrainConfig
+
+_SMALL_IMAGE_SIDE = 128  # at or below this, train at the images' own size with pad-and-crop
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: 'auto' picks bf16 where the hardware computes it natively (measured faster,
+    see benchmarks/RESULTS.md), else full precision."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UserError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or off")
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
+
+
+def resolve_preprocessing(
+    model: nn.Module, image_shape: tuple[int, int, int], config: TrainConfig
+) -> tuple[Preprocessing, AugmentConfig]:
+    """Input size, normalisation and augmentation for this model on these images.
+
+    Small images (CIFAR, MNIST, shapes) train at their own size with pad-and-random-crop and are
+    evaluated as they are; larger ones use the model's input size with random-resized-crop for
+    training and the model's resize + centre-crop for evaluation, the way timm does.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    height, width, channels = image_shape
+    small = max(height, width) <= _SMALL_IMAGE_SIDE
+    if config.img_size:
+        input_size = (config.img_size, config.img_size)
+    elif small:
+        input_size = (height, width)
+    else:
+        input_size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    crop = config.crop if config.crop != "auto" else ("pad" if small else "rrc")
+    crop_pct = 1.0 if small else float(cfg.get("crop_pct", 0.875))
+    preprocessing = Preprocessing(
+        input_size=input_size,
+        mean=tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
+        std=tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
+        crop_pct=crop_pct,
+        interpolation=cfg.get("interpolation", "bilinear"),
+        channels=channels,
+    )
+    pad = config.pad if config.pad is not None else max(2, min(height, width) // 8)
+    augment = AugmentConfig(crop=crop, pad=pad, hflip=config.hflip, mixup=config.mixup, cutmix=config.cutmix)
+    return preprocessing, augment
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Independent, reproducible seed for everything random in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def set_deterministic(enabled: bool) -> None:
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
