@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 
 import numpy as np
@@ -84,9 +85,18 @@ def test_second_load_never_decodes(tmp_path, monkeypatch):
 def test_changed_file_invalidates_the_cache(tmp_path):
     root = make_folder(tmp_path / "d")
     first = load_dataset(str(root))
-    _write_image(root / "cat" / "0.png", 99, size=(12, 11))  # another size: another fingerprint
+    _write_image(root / "cat" / "0.png", 99)  # same name, same size, other pixels
+    os.utime(root / "cat" / "0.png", ns=(1, 1))
     second = load_dataset(str(root))
-    assert second.fingerprint != first.fingerprint
+    assert second.cache_path != first.cache_path
+    assert second.train.gather(np.array([0]))[0, 1, 1, 0] == 99
+
+
+def test_same_listing_elsewhere_does_not_share_pixels(tmp_path):
+    a = load_dataset(str(make_folder(tmp_path / "a")))
+    b = load_dataset(str(make_folder(tmp_path / "b")))
+    assert a.fingerprint == b.fingerprint  # the data fingerprint ignores where the data lies
+    assert a.cache_path != b.cache_path  # the cache does not: b's files could change on their own
 
 
 def test_archive_dataset_equals_the_folder(tmp_path):
@@ -125,6 +135,13 @@ def test_streaming_yields_the_same_batches_as_the_cache(tmp_path):
     streamed_images = np.concatenate([b[0].numpy() for b in stream_loader.batches()])
     np.testing.assert_array_equal(cached_images, streamed_images)
     assert stream_loader.skipped == 1  # the broken file, counted while streaming
+    fresh = make_folder(
+        tmp_path / "fresh", per_class=5
+    )  # not in the cache: bad files are met while streaming
+    (fresh / "dog" / "broken.png").write_bytes(b"\x89PNG broken")
+    strict = load_dataset(str(fresh), memory_budget=1, strict=True)
+    with pytest.raises(DatasetError, match=r"cannot read .*broken\.png.*strict mode"):
+        list(BatchLoader(strict.train, 4, shuffle=False, workers=2).batches())
 
 
 def test_csv_dataset(tmp_path):
@@ -168,6 +185,15 @@ def test_folder_without_images_is_an_error(tmp_path):
         (root / name / "x.txt").write_text("text")
     with pytest.raises(DatasetError, match="holds no image files"):
         load_dataset(str(root))
+
+
+def test_absolute_spec(tmp_path, monkeypatch):
+    from convforge.data import absolute_spec
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_spec("data/imgs") == str(tmp_path / "data" / "imgs")
+    assert absolute_spec("cifar10:c.tar.gz") == f"cifar10:{tmp_path / 'c.tar.gz'}"
+    assert absolute_spec("shapes:size=32") == "shapes:size=32"
 
 
 def test_non_image_specs(tmp_path):

@@ -2,7 +2,10 @@
 
 Listing finds the splits (`train/`, `val/`, `test/` and their usual aliases) and classes (one
 sub-folder per class, searched recursively), counts non-image files and empty class folders, and
-fingerprints the data by its file list and sizes. Decoding fills the memory-mapped cache in parallel
+fingerprints the data by its file list and sizes (path-independent, for run.json) and identifies it for
+the decode cache by its absolute location, sizes and modification times (or, for an archive, by the
+hash of its bytes), so an edited file or another folder of same-sized files never reuses stale pixels.
+Decoding fills the memory-mapped cache in parallel
 worker processes; a file that cannot be decoded is recorded by path and left out, never fatal.
 """
 
@@ -46,6 +49,7 @@ class FileListing:
     ignored_files: int = 0
     empty_classes: list[str] = field(default_factory=list)
     archive_prefix: str = ""  # a top folder every archive member shares, stripped from the names
+    cache_identity: str = ""  # what the decode cache is keyed by (see the module docstring)
 
     def path(self, name: str) -> str:
         return name if os.path.isabs(name) else os.path.join(self.root, name)
@@ -69,19 +73,23 @@ def list_image_folder(root: str | os.PathLike) -> FileListing:
     prefix = ""
     if root.is_file():
         entries, prefix = _archive_entries(root)
-        fingerprint = sha256_file(root)
+        fingerprint = identity = sha256_file(root)
     else:
-        entries = _folder_entries(root)
-        fingerprint = None
+        stats = _folder_entries(root)
+        entries = {name: size for name, (size, _) in stats.items()}
+        fingerprint = _digest(f"{name}\0{size}" for name, size in sorted(entries.items()))
+        identity = _digest([str(root.resolve())] + [f"{n}\0{s}\0{t}" for n, (s, t) in sorted(stats.items())])
     listing = _listing_from_entries(str(root), entries, archive=root.is_file())
     listing.archive_prefix = prefix
-    if fingerprint is None:
-        digest = hashlib.sha256()
-        for name, size in sorted(entries.items()):
-            digest.update(f"{name}\0{size}\n".encode())
-        fingerprint = digest.hexdigest()
-    listing.fingerprint = fingerprint
+    listing.fingerprint, listing.cache_identity = fingerprint, identity
     return listing
+
+
+def _digest(lines) -> str:
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode() + b"\n")
+    return digest.hexdigest()
 
 
 def list_csv(csv_path: str | os.PathLike) -> FileListing:
@@ -105,7 +113,7 @@ def list_csv(csv_path: str | os.PathLike) -> FileListing:
     classes = sorted({label for _, label, _ in rows})
     class_index = {name: i for i, name in enumerate(classes)}
     splits: dict[str, list[tuple[str, int]]] = {}
-    digest = hashlib.sha256()
+    content, identity = [], [str(csv_path.resolve())]
     ignored = 0
     for path, label, split in rows:
         full = path if os.path.isabs(path) else str(csv_path.parent / path)
@@ -113,9 +121,11 @@ def list_csv(csv_path: str | os.PathLike) -> FileListing:
             ignored += 1
             continue
         splits.setdefault(split, []).append((full, class_index[label]))
-        size = os.path.getsize(full) if os.path.exists(full) else -1
-        digest.update(f"{path}\0{label}\0{split}\0{size}\n".encode())
-    listing = FileListing(str(csv_path.parent), False, classes, splits, digest.hexdigest(), ignored)
+        size, mtime = _stat(full)
+        content.append(f"{path}\0{label}\0{split}\0{size}")
+        identity.append(f"{os.path.abspath(full)}\0{label}\0{split}\0{size}\0{mtime}")
+    listing = FileListing(str(csv_path.parent), False, classes, splits, _digest(content), ignored)
+    listing.cache_identity = _digest(identity)
     _check_classes(listing, str(csv_path))
     return listing
 
@@ -127,23 +137,27 @@ def _canonical_split(name: str, source: Path, line_number: int) -> str:
     raise DatasetError(f"{source}:{line_number}: unknown split {name!r}; use train, val or test")
 
 
-def _folder_entries(root: Path) -> dict[str, int]:
-    """Every file under root (relative POSIX path -> size) and every folder (path + '/' -> 0),
-    following symlinks, hidden entries skipped."""
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        stat = os.stat(path)
+        return stat.st_size, stat.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def _folder_entries(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root (relative POSIX path -> (size, mtime_ns)) and every folder
+    (path + '/' -> (0, 0)), following symlinks, hidden entries skipped."""
     entries = {}
     for directory, subdirs, files in os.walk(root, followlinks=True):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         if Path(directory) != root:
-            entries[PurePosixPath(Path(directory).relative_to(root)).as_posix() + "/"] = 0
+            entries[PurePosixPath(Path(directory).relative_to(root)).as_posix() + "/"] = (0, 0)
         for name in files:
             if name.startswith("."):
                 continue
             full = os.path.join(directory, name)
-            rel = PurePosixPath(Path(full).relative_to(root)).as_posix()
-            try:
-                entries[rel] = os.path.getsize(full)
-            except OSError:
-                entries[rel] = -1
+            entries[PurePosixPath(Path(full).relative_to(root)).as_posix()] = _stat(full)
     return entries
 
 

@@ -30,16 +30,21 @@ class SkippedFile:
 class FileImages:
     """Decodes images on demand, resized to one storage shape, for datasets that do not fit in memory."""
 
-    def __init__(self, paths: Sequence[str], image_shape: tuple[int, int, int], max_pixels: int):
+    def __init__(
+        self, paths: Sequence[str], image_shape: tuple[int, int, int], max_pixels: int, strict: bool = False
+    ):
         self.paths = list(paths)
         self.image_shape = image_shape
         self.max_pixels = max_pixels
+        self.strict = strict
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def read(self, index: int) -> np.ndarray | None:
-        """The image at `index`, or None when it cannot be decoded (the loader counts those)."""
+    def read(self, index: int) -> np.ndarray | SkippedFile:
+        """The image at `index`, or a SkippedFile saying why it cannot be decoded. The loader counts
+        those, or in strict mode stops with them: raising here, inside a DataLoader worker, would
+        reach the user as a worker traceback instead of a message."""
         height, width, channels = self.image_shape
         try:
             return decode_image(
@@ -48,8 +53,8 @@ class FileImages:
                 size=(height, width),
                 max_pixels=self.max_pixels,
             )
-        except ImageDecodeError:
-            return None
+        except ImageDecodeError as exc:
+            return SkippedFile(exc.path, exc.reason)
 
 
 @dataclass
@@ -103,7 +108,7 @@ class ImageSet:
         if self.streaming:
             raise TypeError("a streaming split is read through a DataLoader, not gathered")
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
-        if isinstance(self.images, np.memmap) or getattr(self.images, "filename", None):
+        if isinstance(self.images, np.memmap):
             # Reading a memory map in ascending order touches each page once.
             order = np.argsort(rows, kind="stable")
             out = np.empty((len(rows), *self.image_shape), dtype=np.uint8)

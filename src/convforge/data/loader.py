@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from convforge.data.imageset import ImageSet
+from convforge.data.imageset import ImageSet, SkippedFile
+from convforge.errors import DatasetError
 
 # Upload a whole split to the GPU when it takes less than this share of the free memory.
 _GPU_RESIDENT_SHARE = 0.25
@@ -42,7 +43,7 @@ class BatchLoader:
         self.drop_last = drop_last and len(imageset) >= batch_size
         self.device = torch.device(device)
         self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
-        self.skipped = 0  # images a streaming split could not decode, over all epochs
+        self.skipped = 0  # images of a streaming split that could not be decoded, over all epochs
         self._resident: torch.Tensor | None = None
         self._labels = torch.from_numpy(np.array(imageset.labels, dtype=np.int64))
         if self.device.type == "cuda" and not imageset.streaming:
@@ -96,7 +97,12 @@ class BatchLoader:
             persistent_workers=False,
         )
         for images, labels, positions, failed in loader:
-            self.skipped += failed
+            if failed and self.imageset.images.strict:
+                raise DatasetError(
+                    f"cannot read {failed[0].path}: {failed[0].reason} (strict mode); remove or repair it, "
+                    "or drop --strict to skip unreadable images"
+                )
+            self.skipped += len(failed)
             if len(labels) == 0:
                 continue
             yield (
@@ -119,8 +125,8 @@ class _StreamingSplit(torch.utils.data.Dataset):
 
 
 def _collate_decoded(items):
-    kept = [item for item in items if item[0] is not None]
-    failed = len(items) - len(kept)
+    kept = [item for item in items if not isinstance(item[0], SkippedFile)]
+    failed = [item[0] for item in items if isinstance(item[0], SkippedFile)]
     if not kept:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), torch.empty(0), failed
     images = torch.from_numpy(np.stack([item[0] for item in kept]))

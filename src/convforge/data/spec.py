@@ -74,13 +74,15 @@ def load_dataset(
         dataset = _load_cifar_batches(spec, batches)
     elif scheme == "csv":
         listing = list_csv(Path(target).expanduser())
-        dataset = _load_files(spec, listing, channels or 3, storage_size, max_pixels, budget, workers)
+        dataset = _load_files(spec, listing, channels or 3, storage_size, max_pixels, budget, workers, strict)
     else:  # a folder, an archive, or cifar10: pointing at either
         path = Path(target).expanduser()
         dataset = _load_archive_from_cache(spec, path, channels or 3, storage_size, max_pixels)
         if dataset is None:
             listing = list_image_folder(path)
-            dataset = _load_files(spec, listing, channels or 3, storage_size, max_pixels, budget, workers)
+            dataset = _load_files(
+                spec, listing, channels or 3, storage_size, max_pixels, budget, workers, strict
+            )
     dataset.splits = {name: dataset.splits[name] for name in sorted(dataset.splits, key=_SPLIT_ORDER.index)}
     if channels is not None and dataset.channels != channels:
         raise DatasetError(f"{spec} has {dataset.channels}-channel images; it cannot be read with {channels}")
@@ -115,6 +117,15 @@ def _parse(spec: str) -> tuple[str, str]:
                 f"or a folder path.{did_you_mean(scheme, SCHEMES)}"
             )
     return "folder", spec
+
+
+def absolute_spec(spec: str) -> str:
+    """The same spec with its path made absolute, so a run folder can be resumed from anywhere."""
+    scheme, target = _parse(spec)
+    if scheme == "shapes":
+        return spec
+    path = str(Path(target).expanduser().resolve())
+    return path if scheme == "folder" else f"{scheme}:{path}"
 
 
 def default_memory_budget() -> int:
@@ -243,9 +254,10 @@ def _load_files(
     max_pixels: int,
     memory_budget: int,
     workers: int | None,
+    strict: bool,
 ) -> Dataset:
     mode = "RGB" if channels == 3 else "L"
-    key = _files_key(listing.fingerprint, mode, storage_size, max_pixels)
+    key = _files_key(listing.cache_identity, mode, storage_size, max_pixels)
     total = sum(len(items) for items in listing.splits.values())
     shape = None
 
@@ -259,7 +271,10 @@ def _load_files(
             images.flush()
             writer.save_array(f"{split}.labels", np.array([label for _, label in items], dtype=np.int64))
             writer.save_array(f"{split}.decoded", np.flatnonzero(decoded))
-            skipped.extend(s.to_dict() for s in split_skipped)
+            # Relative to the root: an archive's entry is shared by every copy of the same bytes.
+            skipped.extend(
+                {"path": os.path.relpath(s.path, listing.root), "reason": s.reason} for s in split_skipped
+            )
         return {
             "splits": list(listing.splits),
             "shape": list(shape),
@@ -273,14 +288,14 @@ def _load_files(
     if cached is None:
         shape = choose_storage_shape(listing, mode, storage_size, max_pixels)
         if total * int(np.prod(shape)) > memory_budget and not listing.archive:
-            return _streaming_dataset(spec, listing, shape, max_pixels)
+            return _streaming_dataset(spec, listing, shape, max_pixels, strict)
     meta, read, entry = build_or_open(key, build)
-    return _dataset_from_entry(spec, listing.fingerprint, meta, read, entry)
+    return _dataset_from_entry(spec, listing.fingerprint, meta, read, entry, listing.root)
 
 
-def _files_key(fingerprint: str, mode: str, storage_size: int, max_pixels: int) -> str:
+def _files_key(identity: str, mode: str, storage_size: int, max_pixels: int) -> str:
     return cache_key(
-        source="files", fingerprint=fingerprint, mode=mode, storage_size=storage_size, max_pixels=max_pixels
+        source="files", identity=identity, mode=mode, storage_size=storage_size, max_pixels=max_pixels
     )
 
 
@@ -297,10 +312,10 @@ def _load_archive_from_cache(
     if opened is None:
         return None
     meta, read = opened
-    return _dataset_from_entry(spec, fingerprint, meta, read, entry)
+    return _dataset_from_entry(spec, fingerprint, meta, read, entry, str(path))
 
 
-def _dataset_from_entry(spec: str, fingerprint: str, meta: dict, read, entry: Path) -> Dataset:
+def _dataset_from_entry(spec: str, fingerprint: str, meta: dict, read, entry: Path, root: str) -> Dataset:
     classes = meta["classes"]
     splits = {}
     for split in meta["splits"]:
@@ -312,17 +327,23 @@ def _dataset_from_entry(spec: str, fingerprint: str, meta: dict, read, entry: Pa
         classes,
         splits,
         fingerprint,
-        skipped=[SkippedFile(**s) for s in meta["skipped"]],
+        skipped=[
+            SkippedFile(os.path.normpath(os.path.join(root, s["path"])), s["reason"]) for s in meta["skipped"]
+        ],
         ignored_files=meta["ignored_files"],
         empty_classes=meta["empty_classes"],
         cache_path=str(entry),
     )
 
 
-def _streaming_dataset(spec: str, listing: FileListing, shape: tuple, max_pixels: int) -> Dataset:
+def _streaming_dataset(
+    spec: str, listing: FileListing, shape: tuple, max_pixels: int, strict: bool
+) -> Dataset:
+    """Too large to cache: decoded on demand (bad files are counted as they are met, or with
+    `strict` stop the run when met, since they cannot be known in advance without decoding all)."""
     splits = {}
     for split, items in listing.splits.items():
-        reader = FileImages([listing.path(name) for name, _ in items], shape, max_pixels)
+        reader = FileImages([listing.path(name) for name, _ in items], shape, max_pixels, strict)
         labels = np.array([label for _, label in items], dtype=np.int64)
         splits[split] = ImageSet(reader, labels, listing.classes, name=split)
     return Dataset(

@@ -27,8 +27,10 @@ def all_model_names() -> list[str]:
 
 def check_model_name(name: str) -> str:
     """Return the architecture part of `name` (`resnet18.a1_in1k` -> `resnet18`) or raise with a suggestion."""
+    if not isinstance(name, str) or not name:
+        raise ModelNotFoundError(f"a model name is a non-empty string, got {name!r}")
     architecture = name.split(".", 1)[0]
-    if not isinstance(name, str) or not timm.is_model(architecture):
+    if not timm.is_model(architecture):
         raise ModelNotFoundError(
             f"unknown model {name!r}.{did_you_mean(architecture, all_model_names())} "
             "See `convforge models PATTERN` for the list."

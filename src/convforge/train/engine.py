@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from convforge.checkpoint import ModelSpec, load_model, load_train_state, save_model, save_train_state
-from convforge.data import Dataset, load_dataset
+from convforge.data import Dataset, absolute_spec, load_dataset
 from convforge.data.loader import BatchLoader
 from convforge.data.transforms import TrainAugment
 from convforge.errors import RunFolderError, TrainingDiverged, UserError
@@ -85,6 +85,7 @@ def train(
 ) -> TrainResult:
     """Train `config.model` on `config.data` into a new run folder (`out`, default runs/<model>)."""
     out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
+    config = replace(config, data=absolute_spec(config.data))
     return _Trainer(config, progress, dataset).run_new(out, command or invoked_command())
 
 

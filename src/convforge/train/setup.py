@@ -66,7 +66,9 @@ def resolve_preprocessing(
     cfg = getattr(model, "pretrained_cfg", None) or {}
     height, width, channels = image_shape
     small = max(height, width) <= _SMALL_IMAGE_SIDE
-    if config.img_size:
+    if cfg.get("fixed_input_size"):  # e.g. ViTs with learned position embeddings of one size
+        input_size = tuple(cfg["input_size"][1:])
+    elif config.img_size:
         input_size = (config.img_size, config.img_size)
     elif small:
         input_size = (height, width)
