@@ -89,10 +89,7 @@ class Run:
     ) -> Run:
         """Make a new run folder (it must not exist or be empty) and write its run.json."""
         run = cls(path)
-        if run.path.exists() and any(run.path.iterdir()):
-            raise RunFolderError(
-                f"{run.path} already exists and is not empty; choose another --out, or --resume it"
-            )
+        check_free(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         from convforge import __version__
 
@@ -212,6 +209,13 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
+
+
+def check_free(path: str | os.PathLike) -> None:
+    """A new run never writes into a folder that holds something already."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunFolderError(f"{path} already exists and is not empty; choose another --out, or --resume it")
 
 
 def next_run_dir(root: str | os.PathLike, name: str) -> Path:

@@ -103,6 +103,10 @@ def test_bad_options_are_user_errors():
         TrainConfig(data="shapes", epochs=0)
     with pytest.raises(ConfigError, match="amp must be one of"):
         TrainConfig(data="shapes", amp="fp8")
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamm'.*Did you mean: adam"):
+        TrainConfig(data="shapes", opt="adamm")
+    with pytest.raises(ConfigError, match="sched must be one of"):
+        TrainConfig(data="shapes", sched="plateau")
     with pytest.raises(ConfigError, match=r"unknown training option\(s\) \['epoch'\].*Did you mean: epochs"):
         TrainConfig.from_dict({"data": "shapes", "epoch": 3})
 

@@ -42,7 +42,9 @@ def train_command(
     opt: Annotated[str, typer.Option(help="Optimizer from timm: adamw, sgd, lamb, lion, ...")] = _D.opt,
     weight_decay: Annotated[float, typer.Option()] = _D.weight_decay,
     momentum: Annotated[float, typer.Option(help="Momentum for SGD-like optimizers.")] = _D.momentum,
-    sched: Annotated[str, typer.Option(help="LR schedule from timm: cosine, step, plateau, ...")] = _D.sched,
+    sched: Annotated[
+        str, typer.Option(help="LR schedule from timm: cosine, step, multistep, poly, ...")
+    ] = _D.sched,
     warmup_epochs: Annotated[int, typer.Option()] = _D.warmup_epochs,
     label_smoothing: Annotated[float, typer.Option()] = _D.label_smoothing,
     mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).")] = _D.mixup,

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from timm.optim import list_optimizers
+
 from convforge.errors import ConfigError, did_you_mean
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+# timm's schedules that step per update (plateau needs a metric each epoch, which this loop does not feed)
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt")
 CROP_CHOICES = ("auto", "pad", "rrc", "none")
 
 
@@ -26,7 +30,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9
     sched: str = "cosine"
-    warmup_epochs: int = 1
+    warmup_epochs: int = 1  # capped at epochs - 1, so a short run still anneals
     min_lr: float = 1e-5
     label_smoothing: float = 0.1
     mixup: float = 0.0
@@ -59,6 +63,11 @@ class TrainConfig:
             problems.append(f"lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        optimizers = list_optimizers()
+        if self.opt.lower() not in optimizers:
+            problems.append(f"unknown optimizer {self.opt!r}.{did_you_mean(self.opt.lower(), optimizers)}")
+        if self.sched not in SCHEDULES:
+            problems.append(f"sched must be one of {SCHEDULES}, got {self.sched!r}")
         if self.amp not in AMP_CHOICES:
             problems.append(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         if self.crop not in CROP_CHOICES:

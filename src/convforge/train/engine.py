@@ -35,7 +35,7 @@ from convforge.data.loader import BatchLoader
 from convforge.data.transforms import TrainAugment
 from convforge.errors import RunFolderError, TrainingDiverged, UserError
 from convforge.models import create_model
-from convforge.runs import CHECKPOINTS_DIR, Run, next_run_dir
+from convforge.runs import CHECKPOINTS_DIR, Run, check_free, next_run_dir
 from convforge.train.config import TrainConfig
 from convforge.train.evaluate import EvalResult, autocast_context, evaluate
 from convforge.train.progress import TrainProgress
@@ -180,7 +180,7 @@ class _Trainer:
             self.optimizer,
             sched=config.sched,
             num_epochs=config.epochs,
-            warmup_epochs=config.warmup_epochs,
+            warmup_epochs=min(config.warmup_epochs, config.epochs - 1),
             min_lr=config.min_lr,
             warmup_lr=config.lr * 0.01,
             step_on_epochs=False,
@@ -195,6 +195,7 @@ class _Trainer:
         self.start_epoch, self.best_epoch, self.best_val = 0, 0, None
 
     def run_new(self, out: Path, command: str) -> TrainResult:
+        check_free(out)  # before loading anything: fail fast
         self._setup()
         self.run = Run.create(
             out, command=command, stage="train", config=self.config.to_dict(), seeds=[self.config.seed]
