@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from convforge.errors import ConfigError, UserError
@@ -29,6 +31,7 @@ class Output:
         # soft_wrap: paths and commands stay on one line, whatever the terminal width.
         self.out = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        _show_library_log(self.err, enabled=not self.quiet)
 
     def message(self, text: str) -> None:
         if not self.quiet:
@@ -44,6 +47,16 @@ class Output:
             sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
         elif text:
             self.out.print(text)
+
+
+def _show_library_log(console: Console, enabled: bool) -> None:
+    """The library says what long one-off work it starts (decoding a dataset ...) through logging."""
+    logger = logging.getLogger("convforge")
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, RichHandler)]
+    if enabled:
+        logger.addHandler(RichHandler(console=console, show_time=False, show_path=False, show_level=False))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _json_default(value: Any) -> Any:

@@ -13,6 +13,7 @@ streamed: its files are decoded on demand by DataLoader workers. The caller neve
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import os
 import re
@@ -35,6 +36,7 @@ from convforge.data.folder import (
 from convforge.data.imageset import Dataset, FileImages, ImageSet, SkippedFile
 from convforge.errors import DatasetError, did_you_mean
 
+log = logging.getLogger(__name__)
 SCHEMES = ("shapes", "mnist", "fashion-mnist", "cifar10", "csv")
 _SPLIT_ORDER = ["train", "val", "test"]
 _SCHEME_PATTERN = re.compile(r"^([a-z][a-z0-9-]+):(.*)$", re.IGNORECASE)
@@ -168,6 +170,7 @@ def _load_shapes(spec: str, options: str) -> Dataset:
     key = cache_key(source="shapes", config=dataclasses.asdict(config), version=shapes.GENERATOR_VERSION)
 
     def build(writer):
+        log.info("drawing %s shapes images into the cache (once)", f"{sum(config.split_sizes().values()):,}")
         for split, count in config.split_sizes().items():
             images = writer.new_array(f"{split}.images", (count, config.size, config.size, 3))
             masks = writer.new_array(f"{split}.masks", (count, config.size, config.size))
@@ -264,6 +267,8 @@ def _load_files(
     def build(writer):
         nonlocal shape
         shape = shape or choose_storage_shape(listing, mode, storage_size, max_pixels)
+        log.info("decoding %s images of %s into the cache at %s (once; later runs reuse it)",
+                 f"{total:,}", spec, "x".join(map(str, shape)))  # fmt: skip
         skipped = []
         for split, items in listing.splits.items():
             images = writer.new_array(f"{split}.images", (len(items), *shape))
@@ -288,6 +293,8 @@ def _load_files(
     if cached is None:
         shape = choose_storage_shape(listing, mode, storage_size, max_pixels)
         if total * int(np.prod(shape)) > memory_budget and not listing.archive:
+            log.info("%s decodes to more than the memory budget (%s bytes): streaming it instead of caching",
+                     spec, f"{memory_budget:,}")  # fmt: skip
             return _streaming_dataset(spec, listing, shape, max_pixels, strict)
     meta, read, entry = build_or_open(key, build)
     return _dataset_from_entry(spec, listing.fingerprint, meta, read, entry, listing.root)

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def figure_to_data_uri(figure: plt.Figure) -> str:
@@ -26,6 +27,7 @@ def line_chart(series: dict[str, tuple[list[float], list[float]]], title: str, y
         axis.plot(x, y, marker="o", markersize=3, label=label)
     axis.set_title(title)
     axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
     if len(series) > 1:

@@ -42,9 +42,10 @@ def train_seeds(
             progress.message(f"[bold]seed {seed_config.seed}[/bold] ({k + 1}/{seeds}) -> {target}")
         results.append(train(seed_config, target, progress=progress, command=command, dataset=dataset))
     summary = seeds_summary(results)
-    first = results[0].run
-    first.append_metrics({"kind": "seeds", **summary})
-    first.update(seeds=[r["seed"] for r in summary["runs"]], seeds_summary=summary)
+    if seeds > 1:
+        first = results[0].run
+        first.append_metrics({"kind": "seeds", **summary})
+        first.update(seeds=[r["seed"] for r in summary["runs"]], seeds_summary=summary)
     return results, summary
 
 
