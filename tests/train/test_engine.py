@@ -125,3 +125,25 @@ def test_preprocessing_follows_image_size():
     large, large_aug = resolve_preprocessing(model, (256, 256, 3), TrainConfig(data="x"))
     assert large.input_size == (224, 224) and large_aug.crop == "rrc"
     assert large.crop_pct == model.pretrained_cfg["crop_pct"] and large.interpolation == "bicubic"
+
+
+def test_photos_train_with_random_resized_crop_and_evaluate_with_centre_crop(tmp_path):
+    """Images above 128 px take the photo path: RRC for training, resize + centre crop to evaluate."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for label in ("bright", "dark"):
+            folder = tmp_path / "photos" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                base = 200 if label == "bright" else 40
+                pixels = rng.normal(base, 20, (150, 180, 3)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg")
+    config = TrainConfig(data=str(tmp_path / "photos"), model="resnet10t", img_size=64, epochs=3, batch_size=8,
+                         val_fraction=0.0, model_kwargs=dict(TINY_MODEL_KWARGS))  # fmt: skip
+    result = train(config, tmp_path / "run")
+    preprocessing = json.loads((tmp_path / "run" / "model.json").read_text())["preprocessing"]
+    assert preprocessing["input_size"] == [64, 64] and preprocessing["crop_pct"] < 1.0
+    assert result.run.info["data"]["image_shape"] == [150, 180, 3]
+    assert result.test.images == 8 and result.test.top1 == 1.0  # brightness is easy
