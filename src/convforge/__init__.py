@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 from convforge.checkpoint import ModelSpec, load_model, save_model  # noqa: E402
 from convforge.data import Dataset, ImageSet, load_dataset  # noqa: E402
 from convforge.errors import UserError  # noqa: E402
-from convforge.models import create_model, list_models  # noqa: E402
+from convforge.models import create_model, list_models, reparameterize_model  # noqa: E402
 from convforge.runs import Run  # noqa: E402
 from convforge.train import EvalResult, TrainConfig, TrainResult, evaluate, resume, train, train_seeds  # noqa: E402
 
@@ -28,6 +28,7 @@ __all__ = [
     "list_models",
     "load_dataset",
     "load_model",
+    "reparameterize_model",
     "resume",
     "save_model",
     "train",

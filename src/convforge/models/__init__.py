@@ -1,10 +1,13 @@
-"""Architectures: `create_model` and `list_models` over timm's registry plus convforge's own.
+"""Architectures: `create_model` and `list_models` over timm's registry plus convforge's own zoo.
 
-Native architectures (one file each, added by the zoo) register in timm's registry on import.
+The zoo's modules register their architectures in timm's registry when this package is imported,
+so `timm.create_model` finds them too.
 """
 
+from convforge.models import unireplknet  # noqa: F401  (registers the architectures)
 from convforge.models.factory import check_model_name, create_model, load_weights, read_state_dict
 from convforge.models.info import ModelInfo, count_macs, count_params, list_models
+from convforge.models.reparam import reparameterize_model
 
 __all__ = [
     "ModelInfo",
@@ -15,4 +18,5 @@ __all__ = [
     "list_models",
     "load_weights",
     "read_state_dict",
+    "reparameterize_model",
 ]

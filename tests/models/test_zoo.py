@@ -1,0 +1,196 @@
+"""The native zoo: faithful to the official implementations, exact re-parameterization, timm interface.
+
+For each architecture, tests/models/official/<arch>.json (see official_weights.py) holds the official
+state-dict layout of a small configuration and the official code's logits for fixed weights; loading
+that layout through `checkpoint_filter_fn` must reproduce those logits.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from huggingface_hub.utils import EntryNotFoundError
+
+import convforge
+from convforge.errors import CheckpointError
+from convforge.models import create_model, reparameterize_model
+from tests.models.official_weights import formula_state_dict, load_reference, probe_input
+
+# architecture -> (module, the tiny test variant, whether it re-parameterizes)
+ZOO = {
+    "unireplknet": ("convforge.models.unireplknet", "unireplknet_tiny_test", True),
+}
+
+
+def _module(arch: str):
+    import importlib
+
+    return importlib.import_module(ZOO[arch][0])
+
+
+def _model_class(arch: str):
+    module = _module(arch)
+    return getattr(module, module.__all__[0])
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights and BN statistics, so that folding errors cannot hide behind default values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * 0.3)
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_var"):
+                buffer.copy_(torch.rand(buffer.shape, generator=generator, dtype=buffer.dtype) + 0.5)
+            elif name.endswith("running_mean"):
+                buffer.copy_(torch.randn(buffer.shape, generator=generator, dtype=buffer.dtype) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+@pytest.mark.parametrize("form", ["train", "deploy"])
+def test_official_layout_reproduces_official_outputs(arch, form):
+    reference = load_reference(arch)
+    if f"{form}_keys" not in reference:
+        pytest.skip(f"{arch} has no {form} form")
+    config = {k: tuple(map(tuple, v)) if k == "kernel_sizes" else v for k, v in reference["config"].items()}
+    model = _model_class(arch)(**config, **({"deploy": True} if form == "deploy" else {})).eval()
+    official_state = formula_state_dict(reference[f"{form}_keys"])
+    model.load_state_dict(_module(arch).checkpoint_filter_fn(official_state, model), strict=True)
+    with torch.no_grad():
+        logits = model(probe_input(reference["input_shape"]))
+    expected = torch.tensor(reference[f"{form}_logits"])
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("arch", [a for a in sorted(ZOO) if ZOO[a][2]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reparameterization_is_exact_idempotent_and_smaller(arch, dtype):
+    name = ZOO[arch][1]
+    model = randomize(create_model(name, num_classes=5).to(dtype)).eval()
+    x = torch.randn(2, 3, 64, 64, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(x)
+        folded = reparameterize_model(model)
+        after = folded(x)
+        again = reparameterize_model(folded, inplace=True)
+        after_again = again(x)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert ((after - before).abs().max() / before.abs().max()).item() < tolerance
+    assert torch.equal(after, after_again)  # the second call changed nothing
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(folded) < count(model)
+    deployed = create_model(name, num_classes=5, deploy=True)
+    assert sorted(deployed.state_dict()) == sorted(
+        folded.state_dict()
+    )  # folded weights load into deploy=True
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_timm_interface_and_features(arch):
+    name = ZOO[arch][1]
+    model = create_model(name, num_classes=4)
+    assert timm.create_model(name, num_classes=4).__class__ is model.__class__  # registered with timm
+    x = torch.randn(2, 3, 64, 64)
+    logits = model(x)
+    assert logits.shape == (2, 4)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    features = model.forward_features(x)
+    assert model.forward_head(features, pre_logits=True).shape == (2, model.num_features)
+    assert model.get_classifier().out_features == 4
+    model.reset_classifier(9)
+    assert model(x).shape == (2, 9)
+    intermediates = model.forward_intermediates(x, intermediates_only=True)
+    extractor = create_model(name, features_only=True, out_indices=(1, 3))
+    maps = extractor(x)
+    assert [m.shape[1] for m in maps] == extractor.feature_info.channels()
+    assert [m.shape for m in maps] == [intermediates[1].shape, intermediates[3].shape]
+    cfg = model.pretrained_cfg
+    assert cfg["mean"] and cfg["std"] and cfg["input_size"] and cfg["license"] and cfg["paper_ids"]
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_tracing_and_export(arch):
+    model = create_model(ZOO[arch][1], num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        traced = torch.jit.trace(model, x)
+        torch.testing.assert_close(traced(x), expected)
+        exported = torch.export.export(model, (x,))
+        torch.testing.assert_close(exported.module()(x), expected)
+
+
+@pytest.mark.parametrize("arch", [a for a in sorted(ZOO) if ZOO[a][2]])
+def test_reparameterized_model_exports_to_onnx(arch, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = reparameterize_model(randomize(create_model(ZOO[arch][1], num_classes=3)).eval())
+    x = torch.randn(1, 3, 64, 64)
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"])
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(onnx_logits), model(x), rtol=1e-4, atol=1e-4)
+
+
+def _official_checkpoint(arch: str, path, form: str = "train"):
+    reference = load_reference(arch)
+    torch.save({"model": formula_state_dict(reference[f"{form}_keys"])}, path)
+    return reference
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_checkpoint_path_loads_an_official_file_offline(arch, tmp_path):
+    reference = _official_checkpoint(arch, tmp_path / "official.pth")
+    config = reference["config"]
+    name = ZOO[arch][1]
+    model = create_model(name, checkpoint_path=tmp_path / "official.pth", **config).eval()
+    with torch.no_grad():
+        logits = model(probe_input(reference["input_shape"]))
+    expected = torch.tensor(reference["train_logits"])
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_pretrained_goes_through_the_real_download_code(arch, tmp_path, monkeypatch):
+    """pretrained=True uses timm's hub download; here the download returns a file the test wrote."""
+    import timm.models._hub as hub
+
+    reference = _official_checkpoint(arch, tmp_path / "weights.pth")
+    name = ZOO[arch][1]
+    requested = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        requested.append((repo_id, filename))
+        if filename.endswith(".safetensors"):
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(tmp_path / "weights.pth")
+
+    monkeypatch.setattr(hub, "hf_hub_download", fake_download)
+    cfg = dict(copy.deepcopy(timm.models.get_pretrained_cfg(name).to_dict()), hf_hub_id="org/repo",
+               hf_hub_filename="weights.pth", url="", num_classes=reference["config"]["num_classes"])  # fmt: skip
+    model = create_model(name, pretrained=True, pretrained_cfg=cfg, **reference["config"]).eval()
+    assert ("org/repo", "weights.pth") in requested
+    with torch.no_grad():
+        logits = model(probe_input(reference["input_shape"]))
+    torch.testing.assert_close(logits, torch.tensor(reference["train_logits"]), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_mismatched_checkpoint_names_the_key(arch, tmp_path):
+    reference = load_reference(arch)
+    state = formula_state_dict(reference["train_keys"])
+    key = sorted(k for k in state if k.endswith("weight") and state[k].dim() > 1)[0]
+    state[key] = torch.zeros(3, 3)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="shape mismatch for"):
+        create_model(ZOO[arch][1], checkpoint_path=tmp_path / "bad.pth", **reference["config"])
+
+
+def test_public_reparameterize_function_is_exported():
+    assert convforge.reparameterize_model is reparameterize_model

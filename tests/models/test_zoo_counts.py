@@ -1,0 +1,39 @@
+"""Parameter counts equal the official implementations', in training and deployed form.
+
+The "official" numbers were computed by instantiating the official model definitions (repository and
+commit next to each table) and counting `p.numel()` over `parameters()`, in the training form and,
+where the model re-parameterizes, in the deployed form (`deploy=True` / after the official merge). The
+paper's rounded figure is given for comparison; where it disagrees with the code, the code is the
+reference (UniRepLKNet's tables count the deployed model).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convforge.models import create_model
+
+
+def count(name: str, **kwargs) -> int:
+    with torch.device("meta"):
+        model = create_model(name, **kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
+# AILab-CVC/UniRepLKNet @ b5677d8, unireplknet.py: (training form, deployed form, paper table)
+UNIREPLKNET = {
+    "unireplknet_a": (4_649_060, 4_437_300, "4.4M"),
+    "unireplknet_f": (6_489_328, 6_235_216, "6.2M"),
+    "unireplknet_p": (11_080_520, 10_741_704, "10.7M"),
+    "unireplknet_n": (18_818_880, 18_318_560, "18.3M"),
+    "unireplknet_t": (31_693_420, 31_037_980, "31M"),
+    "unireplknet_s": (56_456_704, 55_645_984, "56M"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNIREPLKNET))
+def test_unireplknet_counts(name):
+    train, deploy, _paper = UNIREPLKNET[name]
+    assert count(name) == train
+    assert count(name, deploy=True) == deploy
