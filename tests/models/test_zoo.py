@@ -22,6 +22,7 @@ from tests.models.official_weights import formula_state_dict, load_reference, pr
 # architecture -> (module, the tiny test variant, whether it re-parameterizes)
 ZOO = {
     "unireplknet": ("convforge.models.unireplknet", "unireplknet_tiny_test", True),
+    "replknet": ("convforge.models.replknet", "replknet_tiny_test", True),
 }
 
 

@@ -32,8 +32,18 @@ UNIREPLKNET = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(UNIREPLKNET))
-def test_unireplknet_counts(name):
-    train, deploy, _paper = UNIREPLKNET[name]
+# DingXiaoH/RepLKNet-pytorch @ b76808a, replknet.py: (training form, small_kernel_merged=True, paper table)
+REPLKNET = {
+    "replknet_31b": (79_864_168, 79_527_272, "79M"),
+    "replknet_31l": (172_671_016, 172_165_672, "172M"),
+    "replknet_xl": (335_435_752, 335_399_656, "335M"),
+}
+
+REPARAMETERIZABLE = {**UNIREPLKNET, **REPLKNET}
+
+
+@pytest.mark.parametrize("name", sorted(REPARAMETERIZABLE))
+def test_training_and_deployed_counts(name):
+    train, deploy, _paper = REPARAMETERIZABLE[name]
     assert count(name) == train
     assert count(name, deploy=True) == deploy

@@ -30,9 +30,10 @@ from functools import partial
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead, SEModule, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from convforge.models._build import build_zoo_model
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
 from convforge.models.large_kernel import LargeKernelDWConv2d
 from convforge.models.reparam import assign_weight_bias, dilate_kernel, fuse_bn, pad_kernel_to
@@ -282,14 +283,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return build_model_with_cfg(
-        UniRepLKNet,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg={"out_indices": (0, 1, 2, 3), "flatten_sequential": True},
-        **kwargs,
-    )
+    return build_zoo_model(UniRepLKNet, variant, pretrained, checkpoint_filter_fn, (0, 1, 2, 3), **kwargs)
 
 
 def _cfg(filename: str = "", **kwargs) -> dict:

@@ -1,0 +1,72 @@
+"""Building the zoo's models with timm's builder, and where their official weights come from.
+
+timm downloads Hugging Face files and URLs that end in a file name itself. Some authors publish
+elsewhere: HorNet's Tsinghua Cloud links end in `/?dl=1` (no file name, which timm's downloader
+needs), and RepLKNet's weights are only on Google Drive and Baidu (no direct download). This module
+downloads the first kind to torch's hub cache under a proper name and hands timm the local file; for
+the second it stops with the links and the `checkpoint_path=` to use, instead of silently building a
+randomly initialised model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from timm.models import build_model_with_cfg
+from timm.models._builder import resolve_pretrained_cfg
+from torch import nn
+
+from convforge.errors import CheckpointError
+
+
+def prepare_pretrained(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> None:
+    """Before timm's builder runs: make sure `pretrained=True` can be served, adjusting `kwargs`."""
+    if not pretrained:
+        return
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=overlay
+    )
+    if cfg.hf_hub_id or cfg.file or cfg.state_dict:
+        return
+    if not cfg.url and cfg.notes:
+        raise CheckpointError(
+            f"{variant}: the authors' weights cannot be downloaded automatically; they are published at "
+            f"{cfg.notes}. Download the file and pass create_model('{variant}', checkpoint_path='that-file.pth')"
+        )
+    if not cfg.url:
+        raise CheckpointError(
+            f"no pretrained weights exist for {variant}; train it, or pass checkpoint_path="
+        )
+    if os.path.basename(urlparse(cfg.url).path):
+        return  # timm's own downloader can name the file
+    path = Path(torch.hub.get_dir()) / "checkpoints" / f"{cfg.architecture}.{cfg.tag or 'default'}.pth"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(cfg.url, str(path), progress=True)
+    kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": str(path)}
+
+
+def build_zoo_model(
+    model_cls: type[nn.Module],
+    variant: str,
+    pretrained: bool,
+    filter_fn,
+    feature_indices: tuple[int, ...],
+    **kwargs,
+) -> nn.Module:
+    """timm's `build_model_with_cfg` (pretrained loading through `filter_fn`, `features_only=True`)
+    after making sure the requested weights can be had."""
+    prepare_pretrained(variant, pretrained, kwargs)
+    return build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg={"out_indices": feature_indices, "flatten_sequential": True},
+        **kwargs,
+    )
