@@ -41,9 +41,24 @@ REPLKNET = {
 
 REPARAMETERIZABLE = {**UNIREPLKNET, **REPLKNET}
 
+# raoyongming/HorNet @ ac9e210, hornet.py: (parameters, paper table)
+HORNET = {
+    "hornet_tiny_7x7": (22_409_512, "22M"),
+    "hornet_tiny_gf": (22_991_848, "23M"),
+    "hornet_small_7x7": (49_528_264, "50M"),
+    "hornet_small_gf": (50_401_768, "50M"),
+    "hornet_base_7x7": (87_256_680, "87M"),
+    "hornet_base_gf": (88_421_352, "88M"),
+}
+
 
 @pytest.mark.parametrize("name", sorted(REPARAMETERIZABLE))
 def test_training_and_deployed_counts(name):
     train, deploy, _paper = REPARAMETERIZABLE[name]
     assert count(name) == train
     assert count(name, deploy=True) == deploy
+
+
+@pytest.mark.parametrize("name", sorted(HORNET))
+def test_counts_of_models_without_a_deployed_form(name):
+    assert count(name) == HORNET[name][0]
