@@ -24,7 +24,10 @@ ZOO = {
     "unireplknet": ("convforge.models.unireplknet", "unireplknet_tiny_test", True),
     "replknet": ("convforge.models.replknet", "replknet_tiny_test", True),
     "hornet": ("convforge.models.hornet", "hornet_tiny_test", False),
+    "ibnnet": ("convforge.models.ibnnet", "resnet_ibn_tiny_test", False),
 }
+# reference file in tests/models/official -> architecture
+REFERENCES = {arch: arch for arch in ZOO} | {"ibnnet_b": "ibnnet"}
 
 
 def _module(arch: str):
@@ -52,13 +55,15 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-FORMS = [(arch, "train") for arch in sorted(ZOO)] + [(arch, "deploy") for arch in sorted(ZOO) if ZOO[arch][2]]
+FORMS = [(ref, "train") for ref in sorted(REFERENCES)] + [
+    (ref, "deploy") for ref in sorted(REFERENCES) if ZOO[REFERENCES[ref]][2]
+]
 
 
-@pytest.mark.parametrize(("arch", "form"), FORMS)
-def test_official_layout_reproduces_official_outputs(arch, form):
-    reference = load_reference(arch)
-    config = {k: tuple(map(tuple, v)) if k == "kernel_sizes" else v for k, v in reference["config"].items()}
+@pytest.mark.parametrize(("reference_name", "form"), FORMS)
+def test_official_layout_reproduces_official_outputs(reference_name, form):
+    reference, arch = load_reference(reference_name), REFERENCES[reference_name]
+    config = reference["config"]
     model = _model_class(arch)(**config, **({"deploy": True} if form == "deploy" else {})).eval()
     official_state = formula_state_dict(reference[f"{form}_keys"])
     model.load_state_dict(_module(arch).checkpoint_filter_fn(official_state, model), strict=True)

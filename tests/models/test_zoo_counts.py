@@ -59,6 +59,22 @@ def test_training_and_deployed_counts(name):
     assert count(name, deploy=True) == deploy
 
 
-@pytest.mark.parametrize("name", sorted(HORNET))
+# XingangPan/IBN-Net @ d167338, ibnnet/resnet_ibn.py: (parameters, note). The paper tabulates no counts:
+# IBN-a adds none to its ResNet (half of each BN's affine pair becomes IN's); IBN-b adds the IN affines.
+IBNNET = {
+    "resnet18_ibn_a": (11_689_512, "= ResNet-18"),
+    "resnet34_ibn_a": (21_797_672, "= ResNet-34"),
+    "resnet50_ibn_a": (25_557_032, "= ResNet-50"),
+    "resnet101_ibn_a": (44_549_160, "= ResNet-101"),
+    "resnet18_ibn_b": (11_689_896, "ResNet-18 + 384"),
+    "resnet34_ibn_b": (21_798_056, "ResNet-34 + 384"),
+    "resnet50_ibn_b": (25_558_568, "ResNet-50 + 1,536"),
+    "resnet101_ibn_b": (44_550_696, "ResNet-101 + 1,536"),
+}
+
+WITHOUT_DEPLOYED_FORM = {**HORNET, **IBNNET}
+
+
+@pytest.mark.parametrize("name", sorted(WITHOUT_DEPLOYED_FORM))
 def test_counts_of_models_without_a_deployed_form(name):
-    assert count(name) == HORNET[name][0]
+    assert count(name) == WITHOUT_DEPLOYED_FORM[name][0]

@@ -57,6 +57,7 @@ def build_zoo_model(
     pretrained: bool,
     filter_fn,
     feature_indices: tuple[int, ...],
+    flatten_sequential: bool = True,
     **kwargs,
 ) -> nn.Module:
     """timm's `build_model_with_cfg` (pretrained loading through `filter_fn`, `features_only=True`)
@@ -67,6 +68,6 @@ def build_zoo_model(
         variant,
         pretrained,
         pretrained_filter_fn=filter_fn,
-        feature_cfg={"out_indices": feature_indices, "flatten_sequential": True},
+        feature_cfg={"out_indices": feature_indices, "flatten_sequential": flatten_sequential},
         **kwargs,
     )
