@@ -25,9 +25,10 @@ ZOO = {
     "replknet": ("convforge.models.replknet", "replknet_tiny_test", True),
     "hornet": ("convforge.models.hornet", "hornet_tiny_test", False),
     "ibnnet": ("convforge.models.ibnnet", "resnet_ibn_tiny_test", False),
+    "simplenet": ("convforge.models.simplenet", "simplenet_tiny_test", False),
 }
 # reference file in tests/models/official -> architecture
-REFERENCES = {arch: arch for arch in ZOO} | {"ibnnet_b": "ibnnet"}
+REFERENCES = {arch: arch for arch in ZOO} | {"ibnnet_b": "ibnnet", "simplenet_imagenet": "simplenet"}
 
 
 def _module(arch: str):

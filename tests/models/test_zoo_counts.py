@@ -72,9 +72,27 @@ IBNNET = {
     "resnet101_ibn_b": (44_550_696, "ResNet-101 + 1,536"),
 }
 
-WITHOUT_DEPLOYED_FORM = {**HORNET, **IBNNET}
+# Coderx7/SimpleNet_Pytorch @ 4334c57, imagenet/simplenet.py, counted with 10 classes for CIFAR and 1000 for
+# ImageNet: (parameters, paper/README). "460k" is the official name of a network whose code has 386k.
+SIMPLENET = {
+    "simplenet_cifar_5m": (5_498_378, "5.48M"),
+    "simplenet_cifar_5m_extra_pool": (5_498_378, "5.48M"),
+    "simplenet_cifar_460k": (385_790, "460k (name only)"),
+    "simplenet_cifar_310k": (312_362, "310k"),
+    "simplenetv1_5m_m1": (5_752_808, "5.75M"),
+    "simplenetv1_5m_m2": (5_752_808, "5.75M"),
+    "simplenetv1_9m_m1": (9_508_968, "9.51M"),
+    "simplenetv1_9m_m2": (9_508_968, "9.51M"),
+    "simplenetv1_small_m1_05": (1_506_792, "1.51M"),
+    "simplenetv1_small_m2_05": (1_506_792, "1.51M"),
+    "simplenetv1_small_m1_075": (3_287_272, "3.29M"),
+    "simplenetv1_small_m2_075": (3_287_272, "3.29M"),
+}
+
+WITHOUT_DEPLOYED_FORM = {**HORNET, **IBNNET, **SIMPLENET}
 
 
 @pytest.mark.parametrize("name", sorted(WITHOUT_DEPLOYED_FORM))
 def test_counts_of_models_without_a_deployed_form(name):
-    assert count(name) == WITHOUT_DEPLOYED_FORM[name][0]
+    num_classes = 10 if name.startswith("simplenet_cifar") else 1000
+    assert count(name, num_classes=num_classes) == WITHOUT_DEPLOYED_FORM[name][0]

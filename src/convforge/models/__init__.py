@@ -4,7 +4,7 @@ The zoo's modules register their architectures in timm's registry when this pack
 so `timm.create_model` finds them too.
 """
 
-from convforge.models import hornet, ibnnet, replknet, unireplknet  # noqa: F401  (registers the architectures)
+from convforge.models import hornet, ibnnet, replknet, simplenet, unireplknet  # noqa: F401  (registers them)
 from convforge.models.factory import check_model_name, create_model, load_weights, read_state_dict
 from convforge.models.info import ModelInfo, count_macs, count_params, list_models
 from convforge.models.reparam import reparameterize_model

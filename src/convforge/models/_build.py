@@ -71,3 +71,13 @@ def build_zoo_model(
         feature_cfg={"out_indices": feature_indices, "flatten_sequential": flatten_sequential},
         **kwargs,
     )
+
+
+def unwrap_checkpoint(state_dict: dict) -> dict:
+    """The weights inside an official training checkpoint: its `model` or `state_dict` entry, without
+    DataParallel's `module.` prefix."""
+    for key in ("model", "state_dict"):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}

@@ -27,7 +27,7 @@ from timm.layers import DropPath, LayerNorm, LayerNorm2d, NormMlpClassifierHead,
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from convforge.models._build import build_zoo_model
+from convforge.models._build import build_zoo_model, unwrap_checkpoint
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
 
 __all__ = ["HorNet"]
@@ -187,7 +187,7 @@ class HorNet(StagedClassifier):
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Map an official HorNet checkpoint to convforge's names."""
-    state_dict = state_dict.get("model", state_dict)
+    state_dict = unwrap_checkpoint(state_dict)
     if "downsample_layers.0.0.weight" not in state_dict:
         return state_dict
     out = {}

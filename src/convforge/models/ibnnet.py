@@ -24,7 +24,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from convforge.models._build import build_zoo_model
+from convforge.models._build import build_zoo_model, unwrap_checkpoint
 
 __all__ = ["IBNResNet"]
 
@@ -110,8 +110,7 @@ class IBNResNet(ResNet):
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Official IBN-Net checkpoints use timm's names already; unwrap a training checkpoint's container."""
-    state_dict = state_dict.get("state_dict", state_dict.get("model", state_dict))
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+    return unwrap_checkpoint(state_dict)
 
 
 def _create(

@@ -32,7 +32,7 @@ from timm.layers import ClassifierHead, DropPath
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from convforge.models._build import build_zoo_model
+from convforge.models._build import build_zoo_model, unwrap_checkpoint
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
 from convforge.models.large_kernel import LargeKernelDWConv2d
 from convforge.models.reparam import assign_weight_bias, fuse_bn, pad_kernel_to
@@ -174,7 +174,7 @@ class RepLKNet(StagedClassifier):
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Map an official RepLKNet checkpoint (either form) to convforge's names."""
-    state_dict = state_dict.get("model", state_dict)
+    state_dict = unwrap_checkpoint(state_dict)
     if "transitions.0.0.conv.weight" not in state_dict:
         return state_dict
     out = {}

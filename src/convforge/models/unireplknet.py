@@ -33,7 +33,7 @@ from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead, SEModule, 
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from convforge.models._build import build_zoo_model
+from convforge.models._build import build_zoo_model, unwrap_checkpoint
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
 from convforge.models.large_kernel import LargeKernelDWConv2d
 from convforge.models.reparam import assign_weight_bias, dilate_kernel, fuse_bn, pad_kernel_to
@@ -257,7 +257,7 @@ DEFAULT_KERNEL_SIZES = {
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Map an official UniRepLKNet checkpoint (training or deployed form) to convforge's names."""
-    state_dict = state_dict.get("model", state_dict)
+    state_dict = unwrap_checkpoint(state_dict)
     if "downsample_layers.0.0.weight" not in state_dict:
         return state_dict  # already convforge's layout
     out = {}
