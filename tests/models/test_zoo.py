@@ -202,3 +202,18 @@ def test_mismatched_checkpoint_names_the_key(arch, tmp_path):
 
 def test_public_reparameterize_function_is_exported():
     assert convforge.reparameterize_model is reparameterize_model
+
+
+@pytest.mark.parametrize("name", ["repvgg_a0", "mobileone_s0", "fastvit_t8", "repvit_m0_9", "repghostnet_050"])
+def test_timms_reparameterizable_models_go_through_the_same_call(name):
+    model = randomize(create_model(name, num_classes=5)).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    with torch.no_grad():
+        before = model(x)
+        folded = reparameterize_model(model)
+        after = folded(x)
+        again = reparameterize_model(folded)  # FastViT's own RepMixer would raise here
+        assert torch.equal(again(x), after)
+    assert ((after - before).abs().max() / before.abs().max()).item() < 1e-5
+    assert count(folded) <= count(model)

@@ -8,19 +8,44 @@ their weights (float64 works), and folding twice is a no-op.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
-from timm.models import reparameterize_model as _timm_reparameterize_model
 from torch import nn
 
 
 def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Fold a model for deployment (on a copy unless `inplace`), with running BN statistics.
 
-    In eval mode the folded model computes the same function (within float rounding); it has no
-    more parameters than before, and a second call changes nothing.
+    Walks the modules as timm's `reparameterize_model` does, calling `fuse()` (replacing the module),
+    `reparameterize()` or `switch_to_deploy()`, and marks every module it folded: some of timm's
+    blocks (FastViT's RepMixer) fail when folded a second time, and here a second call is a no-op.
+    In eval mode the folded model computes the same function (within float rounding) with no more
+    parameters than before.
     """
-    return _timm_reparameterize_model(model, inplace=inplace)
+    if not inplace:
+        model = copy.deepcopy(model)
+    _fold_children(model)
+    return model
+
+
+_FOLDED = "_convforge_folded"
+
+
+def _fold_children(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if not getattr(child, _FOLDED, False):
+            if hasattr(child, "fuse"):
+                child = child.fuse()
+                setattr(module, name, child)
+            elif hasattr(child, "reparameterize"):
+                child.reparameterize()
+            elif hasattr(child, "switch_to_deploy"):
+                child.switch_to_deploy()
+            if any(hasattr(child, m) for m in ("fuse", "reparameterize", "switch_to_deploy")):
+                object.__setattr__(child, _FOLDED, True)
+        _fold_children(child)
 
 
 def fuse_bn(
