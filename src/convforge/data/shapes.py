@@ -48,6 +48,11 @@ class ShapesConfig:
     seed: int = 0
     min_radius: float = 0.2  # radius of the shape's bounding circle, as a fraction of the image side
     max_radius: float = 0.4
+    classes: int = len(SHAPE_CLASSES)  # the first N shapes of SHAPE_CLASSES (2 to 10): an easier task
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(SHAPE_CLASSES[: self.classes])
 
     def split_sizes(self) -> dict[str, int]:
         return {
@@ -66,7 +71,7 @@ def render_split(
     labels = np.empty(n, dtype=np.int64)
     for row, i in enumerate(range(start, stop)):
         rng = np.random.Generator(np.random.PCG64([config.seed, SPLIT_CODES[split], i]))
-        label = i % len(SHAPE_CLASSES)  # balanced classes; the loader shuffles
+        label = i % config.classes  # balanced classes; the loader shuffles
         images[row], masks[row] = render_shape_image(SHAPE_CLASSES[label], rng, config)
         labels[row] = label
     return images, labels, masks

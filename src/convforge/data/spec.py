@@ -186,7 +186,7 @@ def _load_shapes(spec: str, options: str) -> Dataset:
         return {"splits": list(config.split_sizes())}
 
     meta, read, entry = build_or_open(key, build)
-    classes = list(shapes.SHAPE_CLASSES)
+    classes = config.class_names
     splits = {
         split: ImageSet(
             read(f"{split}.images"),
@@ -217,6 +217,8 @@ def _shapes_config(options: str) -> shapes.ShapesConfig:
     config = shapes.ShapesConfig(**values)
     if config.size < 16 or config.train < 0 or config.val < 0 or config.test < 0:
         raise DatasetError("shapes needs size >= 16 and non-negative split sizes")
+    if not 2 <= config.classes <= len(shapes.SHAPE_CLASSES):
+        raise DatasetError(f"shapes has 2 to {len(shapes.SHAPE_CLASSES)} classes, not {config.classes}")
     return config
 
 
