@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from convforge.models import large_kernel
-from convforge.models.large_kernel import LargeKernelDWConv2d, fft_depthwise_conv2d
+from convforge.models.large_kernel import DepthwiseConv2d, LargeKernelDWConv2d, fft_depthwise_conv2d
 
 
 @pytest.mark.parametrize("kernel_size", [7, 13, 21, 31])
@@ -58,3 +58,21 @@ def test_autotune_can_be_switched_off(monkeypatch):
     with torch.no_grad():
         conv(torch.randn(1, 4, 16, 16))
     assert not large_kernel._PLANS
+
+
+@pytest.mark.parametrize(("size", "kernel", "dilation"), [(1, 3, 1), (2, 3, 5), (4, 13, 1), (5, 7, 2), (8, 13, 1),
+                                                          (3, 5, 1), (6, 3, 4)])  # fmt: skip
+def test_reach_cropping_is_exact_for_outputs_and_gradients(size, kernel, dilation):
+    conv = DepthwiseConv2d(5, kernel, dilation=dilation)
+    x = torch.randn(2, 5, size, size + 1, requires_grad=True)
+    out = conv(x)
+    reference_x = x.detach().clone().requires_grad_(True)
+    reference = F.conv2d(reference_x, conv.weight, conv.bias, padding=dilation * (kernel // 2), dilation=dilation,
+                         groups=5)  # fmt: skip
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    weight_grad, conv.weight.grad = conv.weight.grad.clone(), None
+    reference.backward(grad)
+    torch.testing.assert_close(x.grad, reference_x.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weight_grad, conv.weight.grad, rtol=1e-5, atol=1e-6)

@@ -204,7 +204,9 @@ def test_public_reparameterize_function_is_exported():
     assert convforge.reparameterize_model is reparameterize_model
 
 
-@pytest.mark.parametrize("name", ["repvgg_a0", "mobileone_s0", "fastvit_t8", "repvit_m0_9", "repghostnet_050"])
+@pytest.mark.parametrize(
+    "name", ["repvgg_a0", "mobileone_s0", "fastvit_t8", "repvit_m0_9", "repghostnet_050"]
+)
 def test_timms_reparameterizable_models_go_through_the_same_call(name):
     model = randomize(create_model(name, num_classes=5)).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))

@@ -62,13 +62,44 @@ def _fast_length(n: int) -> int:
         n += 1
 
 
-class LargeKernelDWConv2d(nn.Conv2d):
-    """A same-padded, stride-1 depthwise `nn.Conv2d` that picks its fastest exact CPU implementation
-    in eval mode (module docstring). Training and autograd use `nn.Conv2d.forward` unchanged."""
+def reach_cropped(weight: torch.Tensor, dilation: int, height: int, width: int) -> tuple[torch.Tensor, tuple]:
+    """The taps of a same-padded kernel that can touch an input of this size, and their padding.
+
+    A tap whose offset from the centre is at least the input's side reads only padding, whatever the
+    position: dropping it changes nothing, in the output or in any gradient (its own is zero). A 13x13
+    kernel on a 4x4 map keeps its central 7x7; a 3x3 kernel with dilation 5 on a 2x2 map keeps 1x1.
+    """
+    centre = weight.shape[-1] // 2
+    reach_h, reach_w = min(centre, (height - 1) // dilation), min(centre, (width - 1) // dilation)
+    if reach_h == centre and reach_w == centre:
+        return weight, (centre * dilation, centre * dilation)
+    cropped = weight[..., centre - reach_h : centre + reach_h + 1, centre - reach_w : centre + reach_w + 1]
+    return cropped, (reach_h * dilation, reach_w * dilation)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A same-padded, stride-1 depthwise `nn.Conv2d` (optionally dilated) that skips the taps which can
+    only read padding on small inputs (`reach_cropped`): exact, and much faster when large or dilated
+    kernels meet small feature maps, as they do deep in a network at CIFAR resolution."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1, bias: bool = True):
+        super().__init__(channels, channels, kernel_size, stride=1, padding=dilation * (kernel_size // 2),
+                         dilation=dilation, groups=channels, bias=bias)  # fmt: skip
+
+    def cropped(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        return reach_cropped(self.weight, self.dilation[0], x.shape[-2], x.shape[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, padding = self.cropped(x)
+        return F.conv2d(x, weight, self.bias, padding=padding, dilation=self.dilation, groups=self.groups)
+
+
+class LargeKernelDWConv2d(DepthwiseConv2d):
+    """A large-kernel `DepthwiseConv2d` that, in eval mode on the CPU, picks its fastest exact
+    implementation (module docstring). Training and autograd use the plain convolution."""
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = True):
-        super().__init__(channels, channels, kernel_size, stride=1, padding=kernel_size // 2, groups=channels,
-                         bias=bias)  # fmt: skip
+        super().__init__(channels, kernel_size, dilation=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
@@ -81,14 +112,15 @@ class LargeKernelDWConv2d(nn.Conv2d):
             or torch.compiler.is_compiling()
         ):
             return super().forward(x)  # graphs for export/compile keep the one standard op
-        key = (tuple(x.shape), x.dtype, _layout(x), self.kernel_size[0], self.bias is not None)
+        weight, _ = self.cropped(x)
+        key = (tuple(x.shape), x.dtype, _layout(x), weight.shape[-2:], self.bias is not None)
         plan = _PLANS.get(key)
         if plan is None:
             plan = _PLANS[key] = self._fastest(x)
         return self.run(plan, x)
 
-    def candidates(self) -> list[str]:
-        k = self.kernel_size[0]
+    def candidates(self, kernel_size: int | None = None) -> list[str]:
+        k = kernel_size or self.kernel_size[0]
         plans = ["channels_last"]
         if k <= 15:
             plans += ["nchw", "pad2"]
@@ -98,22 +130,24 @@ class LargeKernelDWConv2d(nn.Conv2d):
 
     def run(self, plan: str, x: torch.Tensor) -> torch.Tensor:
         """Compute the convolution with one named implementation; the output keeps the input's layout."""
-        weight, bias, groups = self.weight, self.bias, self.groups
-        if plan == "fft":
+        weight, padding = self.cropped(x)
+        bias, groups = self.bias, self.groups
+        if plan == "fft" and weight.shape[-1] == weight.shape[-2]:
             return _as_layout(fft_depthwise_conv2d(x, weight, bias), x)
         if plan == "pad2":
             weight = F.pad(weight, (1, 1, 1, 1))
             x_in = x.contiguous(memory_format=torch.channels_last)
-            out = F.conv2d(x_in, weight, bias, padding=self.padding[0] + 1, groups=groups)
+            out = F.conv2d(x_in, weight, bias, padding=(padding[0] + 1, padding[1] + 1), groups=groups)
             return _as_layout(out, x)
         memory_format = torch.channels_last if plan == "channels_last" else torch.contiguous_format
         out = F.conv2d(
-            x.contiguous(memory_format=memory_format), weight, bias, padding=self.padding, groups=groups
+            x.contiguous(memory_format=memory_format), weight, bias, padding=padding, groups=groups
         )
         return _as_layout(out, x)
 
     def _fastest(self, x: torch.Tensor) -> str:
-        timings = {plan: _median_ms(lambda p=plan: self.run(p, x)) for plan in self.candidates()}
+        plans = self.candidates(self.cropped(x)[0].shape[-1])
+        timings = {plan: _median_ms(lambda p=plan: self.run(p, x)) for plan in plans}
         return min(timings, key=timings.get)
 
 

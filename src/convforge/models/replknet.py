@@ -34,7 +34,7 @@ from torch import nn
 
 from convforge.models._build import build_zoo_model, unwrap_checkpoint
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
-from convforge.models.large_kernel import LargeKernelDWConv2d
+from convforge.models.large_kernel import DepthwiseConv2d, LargeKernelDWConv2d
 from convforge.models.reparam import assign_weight_bias, fuse_bn, pad_kernel_to
 
 __all__ = ["RepLKNet"]
@@ -68,7 +68,8 @@ class ReparamLargeKernelConv(nn.Module):
             if small_kernel is not None:
                 if small_kernel > kernel_size:
                     raise ValueError("the small kernel cannot be larger than the large kernel")
-                self.small_conv = conv_bn(channels, channels, small_kernel, groups=channels)
+                small = DepthwiseConv2d(channels, small_kernel, bias=False)
+                self.small_conv = conv_bn(channels, channels, small_kernel, groups=channels, conv=small)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "lkb_reparam"):

@@ -35,7 +35,7 @@ from torch import nn
 
 from convforge.models._build import build_zoo_model, unwrap_checkpoint
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
-from convforge.models.large_kernel import LargeKernelDWConv2d
+from convforge.models.large_kernel import DepthwiseConv2d, LargeKernelDWConv2d
 from convforge.models.reparam import assign_weight_bias, dilate_kernel, fuse_bn, pad_kernel_to
 
 __all__ = ["UniRepLKNet"]
@@ -83,9 +83,7 @@ class DilatedReparamBlock(nn.Module):
         self.origin_bn = None if deploy else nn.BatchNorm2d(channels)
         if not deploy:
             for k, r in self.branches:
-                conv = nn.Conv2d(channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r, groups=channels,
-                                 bias=False)  # fmt: skip
-                setattr(self, f"dil_conv_k{k}_{r}", conv)
+                setattr(self, f"dil_conv_k{k}_{r}", DepthwiseConv2d(channels, k, dilation=r, bias=False))
                 setattr(self, f"dil_bn_k{k}_{r}", nn.BatchNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +130,7 @@ class UniRepLKNetBlock(nn.Module):
         elif kernel_size >= 7:
             self.dwconv = DilatedReparamBlock(dim, kernel_size, deploy=deploy)
         elif kernel_size in (3, 5):
-            self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=deploy)
+            self.dwconv = DepthwiseConv2d(dim, kernel_size, bias=deploy)
         else:
             raise ValueError(f"UniRepLKNet block kernel size must be 0, 3, 5 or >= 7, got {kernel_size}")
         self.norm = nn.Identity() if deploy or kernel_size == 0 else nn.BatchNorm2d(dim)
