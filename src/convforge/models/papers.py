@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 FAMILY_PAPERS = {
+    # convforge's own zoo
+    "unireplknet": "Ding et al. 2024, UniRepLKNet: A Universal Perception Large-Kernel ConvNet (arXiv:2311.15599)",
+    "replknet": "Ding et al. 2022, Scaling Up Your Kernels to 31x31 (arXiv:2203.06717)",
+    "hornet": "Rao et al. 2022, HorNet: Recursive Gated Convolutions (arXiv:2207.14284)",
+    "ibnnet": "Pan et al. 2018, Two at Once: IBN-Net (arXiv:1807.09441)",
+    "simplenet": "Hasanpour et al. 2016, Lets keep it simple (arXiv:1608.06037)",
+    # timm
     "resnet": "He et al. 2016, Deep Residual Learning for Image Recognition (arXiv:1512.03385)",
     "resnetv2": "He et al. 2016, Identity Mappings in Deep Residual Networks (arXiv:1603.05027)",
     "convnext": "Liu et al. 2022, A ConvNet for the 2020s (arXiv:2201.03545)",
