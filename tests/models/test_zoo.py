@@ -8,6 +8,7 @@ that layout through `checkpoint_filter_fn` must reproduce those logits.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import timm
@@ -219,3 +220,34 @@ def test_timms_reparameterizable_models_go_through_the_same_call(name):
         assert torch.equal(again(x), after)
     assert ((after - before).abs().max() / before.abs().max()).item() < 1e-5
     assert count(folded) <= count(model)
+
+
+@pytest.mark.parametrize(("arch", "url"), [
+    ("ibnnet", "https://example.org/releases/resnet_ibn.pth"),  # a file name: timm's own downloader
+    ("hornet", "https://cloud.example.org/f/abc123/?dl=1"),  # none (Tsinghua Cloud style): convforge names it
+])  # fmt: skip
+def test_pretrained_from_a_url_goes_through_the_real_download_code(arch, url, tmp_path, monkeypatch):
+    reference = _official_checkpoint(arch, tmp_path / "published.pth")
+    downloads = []
+
+    def fake_download(source, destination, *args, **kwargs):
+        downloads.append(source)
+        Path(destination).write_bytes((tmp_path / "published.pth").read_bytes())
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    name = ZOO[arch][1]
+    cfg = dict(timm.models.get_pretrained_cfg(name).to_dict(), url=url, hf_hub_id=None,
+               num_classes=reference["config"]["num_classes"])  # fmt: skip
+    model = create_model(name, pretrained=True, pretrained_cfg=cfg, **reference["config"]).eval()
+    assert downloads == [url]
+    with torch.no_grad():
+        logits = model(probe_input(reference["input_shape"]))
+    torch.testing.assert_close(logits, torch.tensor(reference["train_logits"]), rtol=1e-5, atol=1e-4)
+
+
+def test_weights_published_only_by_hand_say_where():
+    with pytest.raises(CheckpointError, match=r"drive\.google\.com.*checkpoint_path="):
+        create_model("replknet_31b", pretrained=True)
+    with pytest.raises(CheckpointError, match="no pretrained weights exist for unireplknet_tiny_test"):
+        create_model("unireplknet_tiny_test", pretrained=True)

@@ -267,6 +267,6 @@ def replknet_xl(pretrained: bool = False, **kwargs) -> RepLKNet:
 
 @register_model
 def replknet_tiny_test(pretrained: bool = False, **kwargs) -> RepLKNet:
-    """A few thousand parameters, large kernels down to 7x7 with the 5x5 branch, for tests."""
+    """About 11k parameters (10 classes), large kernels down to 7x7 with the 5x5 branch, for tests."""
     args = {"large_kernel_sizes": (13, 11, 9, 7), "layers": (1, 1, 1, 1), "channels": (4, 8, 12, 16)}
     return _create("replknet_tiny_test", pretrained, **dict(args, **kwargs))

@@ -382,6 +382,6 @@ def unireplknet_xl(pretrained: bool = False, **kwargs) -> UniRepLKNet:
 
 @register_model
 def unireplknet_tiny_test(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    """A few thousand parameters with every kind of block (kernel 3, 5, 13, identity), for tests."""
+    """About 14k parameters (10 classes) with every kind of block (kernel 3, 5, 13, identity), for tests."""
     args = {"depths": (1, 1, 2, 1), "dims": (4, 8, 12, 16), "kernel_sizes": ((3,), (13,), (5, 0), (7,))}
     return _create("unireplknet_tiny_test", pretrained, **dict(args, **kwargs))
