@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
 from torch import nn
@@ -81,3 +82,26 @@ def unwrap_checkpoint(state_dict: dict) -> dict:
             state_dict = state_dict[key]
             break
     return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def zoo_cfg(*, paper_ids: str, paper_name: str, origin_url: str, license: str, first_conv: str = "stem.0",
+            classifier: str = "head.fc", **overrides: Any) -> dict[str, Any]:  # fmt: skip
+    """A pretrained cfg: ImageNet defaults (224x224, crop 0.875, bicubic, ImageNet mean/std) and the
+    paper, official code and licence of the weights, with per-weight `overrides` (url, hf_hub_id, ...)."""
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": first_conv,
+        "classifier": classifier,
+        "license": license,
+        "paper_ids": paper_ids,
+        "paper_name": paper_name,
+        "origin_url": origin_url,
+        **overrides,
+    }

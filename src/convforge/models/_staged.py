@@ -13,6 +13,7 @@ A subclass sets `self.stem`, `self.stages` (an nn.Sequential of modules with `gr
 from __future__ import annotations
 
 import torch
+from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
@@ -20,6 +21,22 @@ from torch import nn
 
 class StagedClassifier(nn.Module):
     grad_checkpointing = False
+
+    def init_weights(self, head_init_scale: float = 1.0) -> None:
+        """ConvNeXt's initialization: truncated normal (std 0.02) convs and linears, zero biases, and a
+        scaled classifier."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        if isinstance(self.head.fc, nn.Linear):
+            self.head.fc.weight.data.mul_(head_init_scale)
+            self.head.fc.bias.data.mul_(head_init_scale)
+
+    def parameters_named(self, *suffixes: str) -> set[str]:
+        """Full names of the parameters ending in any of `suffixes` (for `no_weight_decay`)."""
+        return {name for name, _ in self.named_parameters() if name.endswith(suffixes)}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

@@ -22,12 +22,11 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm, LayerNorm2d, NormMlpClassifierHead, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from convforge.models._build import build_zoo_model, unwrap_checkpoint
+from convforge.models._build import build_zoo_model, unwrap_checkpoint, zoo_cfg
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
 
 __all__ = ["HorNet"]
@@ -168,21 +167,11 @@ class HorNet(StagedClassifier):
         self.norm_pre = nn.Identity()
         self.head = NormMlpClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate,
                                           norm_layer=partial(LayerNorm2d, eps=1e-6))  # fmt: skip
-        self.apply(self._init_weights)
-        if isinstance(self.head.fc, nn.Linear):
-            self.head.fc.weight.data.mul_(head_init_scale)
-            self.head.fc.bias.data.mul_(head_init_scale)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self.init_weights(head_init_scale)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"gamma1", "gamma2", "complex_weight"}
+        return self.parameters_named(".gamma1", ".gamma2", ".complex_weight")
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
@@ -213,23 +202,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> HorNet:
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.0",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2207.14284",
-        "paper_name": "HorNet: Efficient High-Order Spatial Interactions with Recursive Gated Convolutions",
-        "origin_url": "https://github.com/raoyongming/HorNet",
-        **kwargs,
-    }
+    return zoo_cfg(paper_ids="arXiv:2207.14284", license="mit", origin_url="https://github.com/raoyongming/HorNet",
+                   paper_name="HorNet: Efficient High-Order Spatial Interactions with Recursive Gated Convolutions",
+                   url=url, **kwargs)  # fmt: skip
 
 
 def _tsinghua(file_id: str) -> str:

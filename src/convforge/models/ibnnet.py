@@ -19,12 +19,11 @@ works at other sizes.
 from __future__ import annotations
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from convforge.models._build import build_zoo_model, unwrap_checkpoint
+from convforge.models._build import build_zoo_model, unwrap_checkpoint, zoo_cfg
 
 __all__ = ["IBNResNet"]
 
@@ -122,23 +121,9 @@ def _create(
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        "license": "mit",
-        "paper_ids": "arXiv:1807.09441",
-        "paper_name": "Two at Once: Enhancing Learning and Generalization Capacities via IBN-Net",
-        "origin_url": "https://github.com/XingangPan/IBN-Net",
-        **kwargs,
-    }
+    return zoo_cfg(paper_ids="arXiv:1807.09441", license="mit", origin_url="https://github.com/XingangPan/IBN-Net",
+                   paper_name="Two at Once: Enhancing Learning and Generalization Capacities via IBN-Net",
+                   first_conv="conv1", classifier="fc", interpolation="bilinear", url=url, **kwargs)  # fmt: skip
 
 
 _RELEASES = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"

@@ -23,8 +23,6 @@ from collections import OrderedDict
 
 import torch
 from timm.data import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
     IMAGENET_INCEPTION_MEAN,
     IMAGENET_INCEPTION_STD,
 )
@@ -32,7 +30,7 @@ from timm.layers import ClassifierHead, DropPath
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from convforge.models._build import build_zoo_model, unwrap_checkpoint
+from convforge.models._build import build_zoo_model, unwrap_checkpoint, zoo_cfg
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
 from convforge.models.large_kernel import DepthwiseConv2d, LargeKernelDWConv2d
 from convforge.models.reparam import assign_weight_bias, fuse_bn, pad_kernel_to
@@ -198,24 +196,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> RepLKNet:
 
 
 def _cfg(notes: str = "", **kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.0.conv",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2203.06717",
-        "paper_name": "Scaling Up Your Kernels to 31x31: Revisiting Large Kernel Design in CNNs",
-        "origin_url": "https://github.com/DingXiaoH/RepLKNet-pytorch",
-        "notes": notes,
-        **kwargs,
-    }
+    return zoo_cfg(paper_ids="arXiv:2203.06717", license="mit", origin_url="https://github.com/DingXiaoH/RepLKNet-pytorch",
+                   paper_name="Scaling Up Your Kernels to 31x31: Revisiting Large Kernel Design in CNNs",
+                   first_conv="stem.0.conv", notes=notes, **kwargs)  # fmt: skip
 
 
 def _drive(file_id: str) -> str:

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from convforge.models._build import build_zoo_model, unwrap_checkpoint
+from convforge.models._build import build_zoo_model, unwrap_checkpoint, zoo_cfg
 
 __all__ = ["SimpleNet"]
 
@@ -185,24 +184,10 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SimpleNet:
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (1, 1),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "features.0",
-        "classifier": "classifier",
-        "license": "mit",
-        "paper_ids": "arXiv:1608.06037",
-        "paper_name": "Lets keep it simple, Using simple architectures to outperform deeper and more complex "
-        "architectures",
-        "origin_url": "https://github.com/Coderx7/SimpleNet_Pytorch",
-        **kwargs,
-    }
+    return zoo_cfg(paper_ids="arXiv:1608.06037", license="mit", origin_url="https://github.com/Coderx7/SimpleNet_Pytorch",
+                   paper_name="Lets keep it simple, Using simple architectures to outperform deeper and more complex "
+                   "architectures", first_conv="features.0", classifier="classifier", pool_size=(1, 1), url=url,
+                   **kwargs)  # fmt: skip
 
 
 _RELEASES = "https://github.com/Coderx7/SimpleNet_Pytorch/releases/download/v1.0.0/"

@@ -28,12 +28,11 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead, SEModule, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead, SEModule
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from convforge.models._build import build_zoo_model, unwrap_checkpoint
+from convforge.models._build import build_zoo_model, unwrap_checkpoint, zoo_cfg
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
 from convforge.models.large_kernel import DepthwiseConv2d, LargeKernelDWConv2d
 from convforge.models.reparam import assign_weight_bias, dilate_kernel, fuse_bn, pad_kernel_to
@@ -228,21 +227,11 @@ class UniRepLKNet(StagedClassifier):
         self.norm_pre = nn.Identity()
         self.head = NormMlpClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate,
                                           norm_layer=norm)  # fmt: skip
-        self.apply(self._init_weights)
-        if isinstance(self.head.fc, nn.Linear):
-            self.head.fc.weight.data.mul_(head_init_scale)
-            self.head.fc.bias.data.mul_(head_init_scale)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self.init_weights(head_init_scale)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"gamma", "grn.gamma", "grn.beta"}
+        return self.parameters_named(".gamma", ".grn.gamma", ".grn.beta")
 
 
 DEFAULT_KERNEL_SIZES = {
@@ -285,25 +274,10 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> UniRepLKNet:
 
 
 def _cfg(filename: str = "", **kwargs) -> dict:
-    return {
-        "hf_hub_id": "DingXiaoH/UniRepLKNet" if filename else None,
-        "hf_hub_filename": filename or None,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.0",
-        "classifier": "head.fc",
-        "license": "apache-2.0",
-        "paper_ids": "arXiv:2311.15599",
-        "paper_name": "UniRepLKNet: A Universal Perception Large-Kernel ConvNet for Audio, Video, Point Cloud, "
-        "Time-Series and Image Recognition",
-        "origin_url": "https://github.com/AILab-CVC/UniRepLKNet",
-        **kwargs,
-    }
+    hub = {"hf_hub_id": "DingXiaoH/UniRepLKNet", "hf_hub_filename": filename} if filename else {}
+    return zoo_cfg(paper_ids="arXiv:2311.15599", license="apache-2.0", origin_url="https://github.com/AILab-CVC/UniRepLKNet",
+                   paper_name="UniRepLKNet: A Universal Perception Large-Kernel ConvNet for Audio, Video, Point Cloud, "
+                   "Time-Series and Image Recognition", **hub, **kwargs)  # fmt: skip
 
 
 _384 = {"input_size": (3, 384, 384), "pool_size": (12, 12), "crop_pct": 1.0}
