@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from convforge.cli import app
@@ -15,9 +16,19 @@ from convforge.cli import app
 runner = CliRunner()
 
 
-def test_demo_reaches_95_percent_and_says_what_next(tmp_path):
-    out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out)], catch_exceptions=False)
+@pytest.fixture(scope="module")
+def demo_output(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return out, runner.invoke(app, ["demo", "--out", str(out)], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_output):
+    return demo_output[0]
+
+
+def test_demo_reaches_95_percent_and_says_what_next(demo_output):
+    out, result = demo_output
     assert result.exit_code == 0, result.output
     test = json.loads((out / "run.json").read_text())["test"]
     assert test["split"] == "test" and test["images"] == 2000
@@ -25,3 +36,17 @@ def test_demo_reaches_95_percent_and_says_what_next(tmp_path):
     assert f"report      {out / 'report.html'}" in result.output
     assert "What to try next" in result.output and f"convforge predict {out}" in result.output
     assert (out / "report.html").is_file()
+    assert "Explanations" in (out / "report.html").read_text()
+
+
+def test_demo_explanations_point_at_the_shapes(demo_run):
+    """On the trained demo model, Grad-CAM's maps peak on the object far more often than a uniform
+    random map's (measured: 0.40 against 0.16 on 256 held-out shapes)."""
+    record = [json.loads(line) for line in (demo_run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert record["kind"] == "explain" and record["images"] == 256
+    rows = {row["method"]: row for row in record["methods"]}
+    random_pointing = record["random_map"]["pointing_game"]
+    assert random_pointing < 0.25
+    assert rows["gradcam"]["pointing_game"] > max(0.3, 2 * random_pointing)
+    assert rows["gradcam"]["energy_inside"] > record["random_map"]["energy_inside"] + 0.08
+    assert all(row["pointing_game"] > 2 * random_pointing for row in rows.values())

@@ -20,9 +20,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from convforge.cli import demo, evaluate, models, predict, report, train
+    from convforge.cli import demo, evaluate, explain, models, predict, report, train
 
-    for module in (models, train, evaluate, predict, report, demo):
+    for module in (models, train, evaluate, predict, explain, report, demo):
         module.register(app)
 
 

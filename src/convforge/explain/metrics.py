@@ -242,15 +242,16 @@ class SanityCheck(_Result):
 
 
 def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy whose every weight tensor is redrawn from N(its mean, its std); buffers are kept."""
+    """A copy whose every weight tensor is redrawn from N(its mean, its std); buffers are kept, and
+    so are constant tensors (a single value or zero spread), which hold no learned structure."""
     clone = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in clone.parameters():
-            mean = parameter.float().mean()
-            std = parameter.float().std() if parameter.numel() > 1 else parameter.float().abs().mean()
             noise = torch.randn(parameter.shape, generator=generator)
-            parameter.copy_((mean.cpu() + std.nan_to_num(0).cpu() * noise).to(parameter))
+            if parameter.numel() > 1:
+                values = parameter.detach().float().cpu()
+                parameter.copy_((values.mean() + values.std() * noise).to(parameter))
     return clone
 
 

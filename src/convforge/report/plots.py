@@ -13,11 +13,19 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def figure_to_data_uri(figure: plt.Figure) -> str:
+def figure_to_png(figure: plt.Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def figure_to_data_uri(figure: plt.Figure) -> str:
+    return png_data_uri(figure_to_png(figure))
 
 
 def line_chart(series: dict[str, tuple[list[float], list[float]]], title: str, ylabel: str) -> str:
@@ -72,6 +80,11 @@ def bar_chart(labels: list[str], values: list[float], title: str, xlabel: str) -
 
 
 def image_grid(images: np.ndarray, captions: list[str], colors: list[str], columns: int = 8) -> str:
+    """uint8 NHWC images in a grid, each with a coloured caption, as a data URI."""
+    return figure_to_data_uri(image_grid_figure(images, captions, colors, columns))
+
+
+def image_grid_figure(images: np.ndarray, captions: list[str], colors: list[str], columns: int = 8) -> plt.Figure:
     """uint8 NHWC images in a grid, each with a coloured caption."""
     rows = int(np.ceil(len(images) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75), squeeze=False)
@@ -84,4 +97,4 @@ def image_grid(images: np.ndarray, captions: list[str], colors: list[str], colum
         )
         axis.set_title(caption, fontsize=7, color=color)
     figure.tight_layout()
-    return figure_to_data_uri(figure)
+    return figure

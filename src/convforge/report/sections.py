@@ -131,3 +131,17 @@ def predictions(run: Run) -> dict[str, Any] | None:
         "shown": len(captions),
         "mistakes": mistakes,
     }
+
+
+@section("explanations", "Explanations", order=50)
+def explanations(run: Run) -> dict[str, Any] | None:
+    records = run.metrics("explain")
+    if not records:
+        return None
+    latest = records[-1]
+    grids = []
+    for method, relative in latest.get("grids", {}).items():
+        path = run.path / relative
+        if path.is_file():
+            grids.append({"method": method, "uri": plots.png_data_uri(path.read_bytes())})
+    return {"latest": latest, "methods": latest["methods"], "grids": grids, "random_map": latest.get("random_map")}

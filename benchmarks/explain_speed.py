@@ -1,0 +1,139 @@
+"""Explanation speed: convforge against pytorch-grad-cam, side by side, and against the forward pass.
+
+* Grad-CAM and Eigen-CAM on resnet50 at 224x224, batch 32;
+* Score-CAM on resnet18 at 112x112, batch 8 (one masked forward pass per channel of the target
+  layer: 512 per image).
+
+Images are the first CIFAR-10 test JPEGs of the shared archive, resized; models have timm's random
+initialisation (nothing is downloaded; speed does not depend on the weights' values except through
+Score-CAM's shortcut for channels that are constant, which random and trained ReLU networks both
+have). Both libraries explain the same layer (`layer4`) for the same classes (the predictions), in
+float32 on the CPU. The floor is the model's own forward pass on the same batch under no_grad: what
+Grad-CAM and Eigen-CAM cannot beat, since the backward pass only has to reach the target layer.
+pytorch-grad-cam runs as its README shows (`with GradCAM(model, target_layers) as cam: cam(x, targets)`),
+at its default Score-CAM chunk of 16. Every timing is the median of --repeats after one warm-up.
+
+    python benchmarks/explain_speed.py --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import tarfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM progress bars
+
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from pytorch_grad_cam import EigenCAM, GradCAM, ScoreCAM  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
+from convforge.explain import Explainer  # noqa: E402
+from convforge.runs import hardware_fingerprint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg" / "cifar10-jpg.tar.gz"
+REFERENCE = {"gradcam": GradCAM, "eigencam": EigenCAM, "scorecam": ScoreCAM}
+CASES = [("gradcam", "resnet50", 224, 32), ("eigencam", "resnet50", 224, 32), ("scorecam", "resnet18", 112, 8)]
+
+
+def load_images(archive: Path, count: int, size: int) -> torch.Tensor:
+    """The first `count` test JPEGs, resized to size x size and normalised with ImageNet statistics."""
+    pictures = []
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.isfile() and "/test/" in f"/{member.name}" and member.name.lower().endswith(".jpg"):
+                pictures.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
+                if len(pictures) == count:
+                    break
+    x = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def median_seconds(function, repeats: int) -> tuple[float, list[float]]:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), times
+
+
+def measure(method: str, model_name: str, size: int, batch: int, images: torch.Tensor, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=1000).eval()
+    x = images[:batch]
+    with torch.no_grad():
+        targets = model(x).argmax(1).tolist()
+    explainer = Explainer(model, "layer4")
+    explainer.target_layer(x)  # found once per input size, as a session would
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    def convforge_call():
+        explainer(x, method, targets)
+
+    def reference_call():
+        with REFERENCE[method](model, [model.layer4]) as cam:
+            cam(x, [ClassifierOutputTarget(t) for t in targets])
+
+    slow = method in ("scorecam", "eigencam")  # the reference takes tens of seconds a call here
+    floor, floor_times = median_seconds(forward, repeats)
+    ours, ours_times = median_seconds(convforge_call, repeats)
+    theirs, theirs_times = median_seconds(reference_call, max(1, repeats // 2) if slow else repeats)
+    return {
+        "method": method,
+        "model": model_name,
+        "input": size,
+        "batch": batch,
+        "forward_s": floor,
+        "convforge_s": ours,
+        "pytorch_grad_cam_s": theirs,
+        "convforge_img_per_s": batch / ours,
+        "pytorch_grad_cam_img_per_s": batch / theirs,
+        "speedup": theirs / ours,
+        "convforge_over_forward": ours / floor,
+        "times": {"forward": floor_times, "convforge": ours_times, "pytorch_grad_cam": theirs_times},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "explain_speed.json")
+    args = parser.parse_args()
+    images = {size: load_images(args.archive, 32, size) for size in {c[2] for c in CASES}}
+    rows = [measure(method, model, size, batch, images[size], args.repeats) for method, model, size, batch in CASES]
+    print("| method | model | input | batch | forward (s) | convforge (s) | pytorch-grad-cam (s) | convforge img/s |"
+          " pytorch-grad-cam img/s | speed-up | convforge / forward |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['method']} | {r['model']} | {r['input']} | {r['batch']} | {r['forward_s']:.3f} | "
+            f"{r['convforge_s']:.3f} | {r['pytorch_grad_cam_s']:.3f} | {r['convforge_img_per_s']:.1f} | "
+            f"{r['pytorch_grad_cam_img_per_s']:.1f} | **{r['speedup']:.2f}x** | {r['convforge_over_forward']:.2f}x |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"hardware": hardware_fingerprint(), "torch": torch.__version__,
+                                    "timm": timm.__version__, "rows": rows}, indent=2))  # fmt: skip
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
