@@ -8,8 +8,10 @@ Images are the first CIFAR-10 test JPEGs of the shared archive, resized; models 
 initialisation (nothing is downloaded; speed does not depend on the weights' values except through
 Score-CAM's shortcut for channels that are constant, which random and trained ReLU networks both
 have). Both libraries explain the same layer (`layer4`) for the same classes (the predictions), in
-float32 on the CPU. The floor is the model's own forward pass on the same batch under no_grad: what
-Grad-CAM and Eigen-CAM cannot beat, since the backward pass only has to reach the target layer.
+float32 on the CPU. The floor is the model's own forward pass on the same batch under no_grad, timed
+both on the batch as given (NCHW) and in channels-last memory, which is how convforge feeds the model
+(the input only; the model is left as it is): Grad-CAM and Eigen-CAM cannot beat the latter, since
+their backward pass only has to reach the target layer.
 pytorch-grad-cam runs as its README shows (`with GradCAM(model, target_layers) as cam: cam(x, targets)`),
 at its default Score-CAM chunk of 16. Every timing is the median of --repeats after one warm-up.
 
@@ -43,7 +45,11 @@ from convforge.runs import hardware_fingerprint  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg" / "cifar10-jpg.tar.gz"
 REFERENCE = {"gradcam": GradCAM, "eigencam": EigenCAM, "scorecam": ScoreCAM}
-CASES = [("gradcam", "resnet50", 224, 32), ("eigencam", "resnet50", 224, 32), ("scorecam", "resnet18", 112, 8)]
+CASES = [
+    ("gradcam", "resnet50", 224, 32),
+    ("eigencam", "resnet50", 224, 32),
+    ("scorecam", "resnet18", 112, 8),
+]
 
 
 def load_images(archive: Path, count: int, size: int) -> torch.Tensor:
@@ -52,7 +58,9 @@ def load_images(archive: Path, count: int, size: int) -> torch.Tensor:
     with tarfile.open(archive) as tar:
         for member in tar:
             if member.isfile() and "/test/" in f"/{member.name}" and member.name.lower().endswith(".jpg"):
-                pictures.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
+                pictures.append(
+                    np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
+                )
                 if len(pictures) == count:
                     break
     x = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255
@@ -81,9 +89,15 @@ def measure(method: str, model_name: str, size: int, batch: int, images: torch.T
     explainer = Explainer(model, "layer4")
     explainer.target_layer(x)  # found once per input size, as a session would
 
+    x_channels_last = x.contiguous(memory_format=torch.channels_last)
+
     def forward():
         with torch.no_grad():
             model(x)
+
+    def forward_channels_last():
+        with torch.no_grad():
+            model(x_channels_last)
 
     def convforge_call():
         explainer(x, method, targets)
@@ -94,6 +108,7 @@ def measure(method: str, model_name: str, size: int, batch: int, images: torch.T
 
     slow = method in ("scorecam", "eigencam")  # the reference takes tens of seconds a call here
     floor, floor_times = median_seconds(forward, repeats)
+    floor_cl, floor_cl_times = median_seconds(forward_channels_last, repeats)
     ours, ours_times = median_seconds(convforge_call, repeats)
     theirs, theirs_times = median_seconds(reference_call, max(1, repeats // 2) if slow else repeats)
     return {
@@ -102,32 +117,46 @@ def measure(method: str, model_name: str, size: int, batch: int, images: torch.T
         "input": size,
         "batch": batch,
         "forward_s": floor,
+        "forward_channels_last_s": floor_cl,
         "convforge_s": ours,
         "pytorch_grad_cam_s": theirs,
         "convforge_img_per_s": batch / ours,
         "pytorch_grad_cam_img_per_s": batch / theirs,
         "speedup": theirs / ours,
         "convforge_over_forward": ours / floor,
-        "times": {"forward": floor_times, "convforge": ours_times, "pytorch_grad_cam": theirs_times},
+        "convforge_over_forward_channels_last": ours / floor_cl,
+        "times": {
+            "forward": floor_times,
+            "forward_channels_last": floor_cl_times,
+            "convforge": ours_times,
+            "pytorch_grad_cam": theirs_times,
+        },
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "explain_speed.json")
     args = parser.parse_args()
     images = {size: load_images(args.archive, 32, size) for size in {c[2] for c in CASES}}
-    rows = [measure(method, model, size, batch, images[size], args.repeats) for method, model, size, batch in CASES]
-    print("| method | model | input | batch | forward (s) | convforge (s) | pytorch-grad-cam (s) | convforge img/s |"
-          " pytorch-grad-cam img/s | speed-up | convforge / forward |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [
+        measure(method, model, size, batch, images[size], args.repeats)
+        for method, model, size, batch in CASES
+    ]
+    print("| method | model | input | batch | forward NCHW (s) | forward channels-last (s) | convforge (s) |"
+          " pytorch-grad-cam (s) | convforge img/s | pytorch-grad-cam img/s | speed-up |"
+          " convforge / forward (NCHW, channels-last) |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(
             f"| {r['method']} | {r['model']} | {r['input']} | {r['batch']} | {r['forward_s']:.3f} | "
-            f"{r['convforge_s']:.3f} | {r['pytorch_grad_cam_s']:.3f} | {r['convforge_img_per_s']:.1f} | "
-            f"{r['pytorch_grad_cam_img_per_s']:.1f} | **{r['speedup']:.2f}x** | {r['convforge_over_forward']:.2f}x |"
+            f"{r['forward_channels_last_s']:.3f} | {r['convforge_s']:.3f} | {r['pytorch_grad_cam_s']:.3f} | "
+            f"{r['convforge_img_per_s']:.1f} | {r['pytorch_grad_cam_img_per_s']:.1f} | **{r['speedup']:.2f}x** | "
+            f"{r['convforge_over_forward']:.2f}x, {r['convforge_over_forward_channels_last']:.2f}x |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"hardware": hardware_fingerprint(), "torch": torch.__version__,

@@ -113,7 +113,7 @@ def perturbation_curves(
             x = torch.where(changed, images[rows], substrate[rows])
         else:
             x = torch.where(changed, substrate[rows], images[rows])
-        logits = model(x).float()
+        logits = model(x.contiguous(memory_format=torch.channels_last)).float()
         probabilities[start : start + len(rows)] = (
             logits.softmax(1).gather(1, targets[rows].unsqueeze(1)).squeeze(1)
         )
