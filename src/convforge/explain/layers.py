@@ -29,7 +29,6 @@ from torch import nn
 
 from convforge.errors import ConfigError, did_you_mean
 
-LAYOUTS = ("NCHW", "NHWC", "NLC")
 _SKIPPED_TYPES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d)
 
 
