@@ -20,9 +20,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from convforge.cli import demo, evaluate, explain, models, predict, report, train
+    from convforge.cli import demo, evaluate, explain, models, predict, report, robust, train
 
-    for module in (models, train, evaluate, predict, explain, report, demo):
+    for module in (models, train, evaluate, predict, explain, robust, report, demo):
         module.register(app)
 
 

@@ -61,32 +61,53 @@ def is_dataset_spec(items: list[str]) -> bool:
     return (path.is_file() and is_archive(path)) or (path.is_dir() and any(p.is_dir() for p in path.iterdir()))
 
 
-def dataset_inputs(
-    spec_text: str, spec: ModelSpec, split: str | None, count: int, device: torch.device, strict: bool
-) -> ExplainInputs:
-    """`count` images spread evenly over a split (so that every class shows up), with labels and masks."""
+@dataclass
+class DatasetSample:
+    """`count` images spread evenly over one split (so that every class shows up), as uint8 NHWC."""
+
+    imageset: ImageSet
+    positions: np.ndarray
+    pixels: np.ndarray
+    skipped: int
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.imageset.labels[self.positions]
+
+
+def sample_split(spec_text: str, spec: ModelSpec, split: str | None, count: int, strict: bool) -> DatasetSample:
     dataset = load_dataset(spec_text, strict=strict, channels=spec.in_chans)
     if split is not None and split not in dataset.splits:
         raise DatasetError(f"{spec_text} has no {split!r} split; it has {sorted(dataset.splits)}")
     chosen = dataset.splits[split] if split else dataset.eval_split()
     imageset: ImageSet = align_classes(chosen, spec.classes, spec_text)
     positions = np.unique(np.linspace(0, len(imageset) - 1, min(count, len(imageset))).round().astype(np.int64))
+    skipped = len(dataset.skipped)
     if imageset.streaming:
         pixels = [imageset.images.read(int(imageset.indices[p])) for p in positions]
         kept = [i for i, image in enumerate(pixels) if isinstance(image, np.ndarray)]
+        skipped += len(pixels) - len(kept)
         raw, positions = np.stack([pixels[i] for i in kept]), positions[kept]
     else:
         raw = imageset.gather(positions)
-    masks = imageset.gather_masks(positions)
-    images = eval_transform(torch.from_numpy(raw).to(device), spec.preprocessing)
+    return DatasetSample(imageset, positions, raw, skipped)
+
+
+def dataset_inputs(
+    spec_text: str, spec: ModelSpec, split: str | None, count: int, device: torch.device, strict: bool
+) -> ExplainInputs:
+    """`count` images spread evenly over a split, as model input, with labels and masks."""
+    sample = sample_split(spec_text, spec, split, count, strict)
+    masks = sample.imageset.gather_masks(sample.positions)
+    images = eval_transform(torch.from_numpy(sample.pixels).to(device), spec.preprocessing)
     return ExplainInputs(
         images=images,
-        names=[f"{imageset.name}-{int(p):05d}" for p in positions],
+        names=[f"{sample.imageset.name}-{int(p):05d}" for p in sample.positions],
         source=spec_text,
-        split=imageset.name,
-        labels=torch.from_numpy(imageset.labels[positions]).to(device),
+        split=sample.imageset.name,
+        labels=torch.from_numpy(sample.labels).to(device),
         masks=_masks_for(masks, images) if masks is not None else None,
-        skipped=len(dataset.skipped),
+        skipped=sample.skipped,
     )
 
 

@@ -19,6 +19,7 @@ from convforge.cli.common import (
 )
 from convforge.errors import ConfigError
 from convforge.models import check_model_name
+from convforge.robust.attacks import parse_epsilon
 from convforge.train import TrainConfig, TrainProgress, TrainResult, resume, train_seeds
 from convforge.train.evaluate import EvalResult
 
@@ -83,6 +84,14 @@ def train_command(
         list[str] | None, typer.Option("--model-arg", help="Extra model keyword, name=value (repeatable).")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding worker processes.")] = None,
+    adv: Annotated[
+        str | None,
+        typer.Option(help="Adversarial training: pgd (Madry et al.) or fgsm (FGSM with random start, Wong et al.)."),
+    ] = None,
+    eps: Annotated[
+        str, typer.Option("--eps", help="Adversarial training budget (L-inf, on [0, 1] pixels): 8/255 or 0.031.")
+    ] = "8/255",
+    adv_steps: Annotated[int, typer.Option(help="PGD steps per batch in adversarial training.")] = _D.adv_steps,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<model>).")
     ] = None,
@@ -95,6 +104,8 @@ def train_command(
     """Train a model on a dataset into a run folder.
 
     Example: convforge train cifar10:data/cifar10-jpg.tar.gz --model resnet18 --epochs 20
+
+    Adversarially robust: convforge train shapes --model resnet18 --adv pgd --eps 8/255 --adv-steps 7
     """
     output = Output(quiet, as_json)
     progress = TrainProgress(console=output.err, enabled=not output.quiet)
@@ -133,6 +144,9 @@ def train_command(
         val_fraction=val_fraction,
         strict=strict,
         workers=workers,
+        adv=adv,
+        adv_eps=parse_epsilon(eps) if adv else _D.adv_eps,
+        adv_steps=adv_steps,
     )
     results, summary = train_seeds(config, seeds, out, progress=progress)
     first = results[0]

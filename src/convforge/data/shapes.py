@@ -49,6 +49,7 @@ class ShapesConfig:
     min_radius: float = 0.2  # radius of the shape's bounding circle, as a fraction of the image side
     max_radius: float = 0.4
     classes: int = len(SHAPE_CLASSES)  # the first N shapes of SHAPE_CLASSES (2 to 10): an easier task
+    textured: int = 0  # 1: each class's shape is filled with its own texture (a second cue, for shape bias)
 
     @property
     def class_names(self) -> list[str]:
@@ -58,6 +59,20 @@ class ShapesConfig:
         return {
             name: n for name, n in (("train", self.train), ("val", self.val), ("test", self.test)) if n > 0
         }
+
+
+CLASS_TEXTURES = (
+    "horizontal stripes",
+    "vertical stripes",
+    "small checkers",
+    "large checkers",
+    "diagonal stripes",
+    "anti-diagonal stripes",
+    "dots",
+    "speckle",
+    "concentric rings",
+    "waves",
+)
 
 
 def render_split(
@@ -78,9 +93,10 @@ def render_split(
 
 
 def render_shape_image(
-    shape: str, rng: np.random.Generator, config: ShapesConfig
+    shape: str, rng: np.random.Generator, config: ShapesConfig, texture_of: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One image of `shape` on a random texture, and its object mask (1 inside the shape)."""
+    """One image of `shape` on a random texture, and its object mask (1 inside the shape). With
+    `config.textured` the shape is filled with the texture of class `texture_of` (default: its own)."""
     size = config.size
     radius = rng.uniform(config.min_radius, config.max_radius) * size
     center = rng.uniform(radius, size - radius, size=2)
@@ -88,8 +104,14 @@ def render_shape_image(
     alpha = _rasterize(shape, center, radius, angle, size)
 
     background_colors = _background_colors(rng)
-    background = texture(TEXTURES[rng.integers(len(TEXTURES))], rng, size, background_colors)
-    foreground = np.broadcast_to(_contrasting_color(rng, background_colors), (size, size, 3))
+    if config.textured:
+        # Smooth backgrounds only, so that the one patterned region is the object's own texture.
+        background = texture(("noise", "gradient")[rng.integers(2)], rng, size, background_colors)
+        fill = texture_of if texture_of is not None else SHAPE_CLASSES.index(shape)
+        foreground = class_texture(fill, rng, size, center, _texture_colors(rng, background_colors))
+    else:
+        background = texture(TEXTURES[rng.integers(len(TEXTURES))], rng, size, background_colors)
+        foreground = np.broadcast_to(_contrasting_color(rng, background_colors), (size, size, 3))
 
     image = alpha[..., None] * foreground + (1.0 - alpha[..., None]) * background
     image += rng.normal(0.0, 6.0, size=image.shape)
@@ -117,6 +139,48 @@ def texture(kind: str, rng: np.random.Generator, size: int, colors: np.ndarray) 
     else:
         raise ValueError(f"unknown texture {kind!r}; choose from {TEXTURES}")
     return mix[..., None] * colors[0] + (1.0 - mix[..., None]) * colors[1]
+
+
+def class_texture(
+    index: int, rng: np.random.Generator, size: int, center: np.ndarray, colors: np.ndarray
+) -> np.ndarray:
+    """Texture `index` of CLASS_TEXTURES as a (size, size, 3) mix of two colours. Orientation and scale
+    are fixed per texture (they are the cue); only the phase and the colours vary."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    phase = rng.uniform(0, 2 * math.pi)
+    kind = CLASS_TEXTURES[index]
+    if kind == "horizontal stripes":
+        mix = np.sin(2 * math.pi * yy / 5 + phase) > 0
+    elif kind == "vertical stripes":
+        mix = np.sin(2 * math.pi * xx / 8 + phase) > 0
+    elif kind in ("small checkers", "large checkers"):
+        cell = 3 if kind == "small checkers" else 7
+        shift = rng.integers(cell)
+        mix = ((xx + shift) // cell + (yy + shift) // cell) % 2 == 0
+    elif kind == "diagonal stripes":
+        mix = np.sin(2 * math.pi * (xx + yy) / (6 * math.sqrt(2)) + phase) > 0
+    elif kind == "anti-diagonal stripes":
+        mix = np.sin(2 * math.pi * (xx - yy) / (6 * math.sqrt(2)) + phase) > 0
+    elif kind == "dots":
+        shift = rng.uniform(0, 6, size=2)
+        mix = ((xx + shift[0]) % 6 - 3) ** 2 + ((yy + shift[1]) % 6 - 3) ** 2 < 2.2**2
+    elif kind == "speckle":
+        mix = rng.random((size, size)) < 0.5
+    elif kind == "concentric rings":
+        mix = np.sin(2 * math.pi * np.hypot(xx - center[0], yy - center[1]) / 5 + phase) > 0
+    elif kind == "waves":
+        mix = np.sin(2 * math.pi * (yy + 2.5 * np.sin(2 * math.pi * xx / 9)) / 7 + phase) > 0
+    else:
+        raise ValueError(f"unknown class texture {index}")
+    mix = mix.astype(np.float64)[..., None]
+    return mix * colors[0] + (1.0 - mix) * colors[1]
+
+
+def _texture_colors(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+    """Two colours for an object's texture: both stand out from the background and from each other."""
+    first = _contrasting_color(rng, background)
+    second = _contrasting_color(rng, np.vstack([background, first[None]]), min_distance=110.0)
+    return np.stack([first, second])
 
 
 def _background_colors(rng: np.random.Generator) -> np.ndarray:

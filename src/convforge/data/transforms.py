@@ -14,7 +14,7 @@ Randomness comes from an explicit `torch.Generator`, so an epoch's augmentation 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -109,6 +109,31 @@ def eval_transform(images: torch.Tensor, preprocessing: Preprocessing) -> torch.
     x = resize(x, resized, preprocessing.interpolation)
     top, left = (resized[0] - out_h) // 2, (resized[1] - out_w) // 2
     return x[:, :, top : top + out_h, left : left + out_w].contiguous(memory_format=torch.channels_last)
+
+
+def pixel_transform(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """`eval_transform` without the normalisation: model-sized float images in [0, 1], the space attacks
+    and corruptions work in (the model's mean and std are applied after them)."""
+    unit = replace(preprocessing, mean=(0.0,) * preprocessing.channels, std=(1.0,) * preprocessing.channels)
+    return eval_transform(images, unit).clamp_(0, 1)
+
+
+def normalize(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """[0, 1] pixels -> the model's input (the inverse of `unnormalize`)."""
+    mean, std = _stats(preprocessing, pixels)
+    return ((pixels - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def unnormalize(inputs: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """Model input -> [0, 1] pixels."""
+    mean, std = _stats(preprocessing, inputs)
+    return (inputs * std + mean).clamp_(0, 1)
+
+
+def _stats(preprocessing: Preprocessing, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(preprocessing.mean, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+    return mean, std
 
 
 class TrainAugment:

@@ -43,6 +43,7 @@ from torch import nn
 from convforge.errors import ConfigError, did_you_mean
 from convforge.explain.layers import TargetLayer, find_target_layer
 from convforge.explain.memory import chunk_size, memory_budget
+from convforge.models.prepared import model_prepared
 
 Targets = int | Sequence[int] | torch.Tensor | None
 
@@ -340,22 +341,6 @@ def explain(
 
 
 # ------------------------------------------------------------------------------ helpers
-@contextlib.contextmanager
-def model_prepared(model: nn.Module) -> Iterator[None]:
-    """Eval mode and frozen parameters for the call; the caller's mode and flags come back after."""
-    training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for parameter, _ in flags:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-        model.train(training)
-
-
 class _Captured:
     output: torch.Tensor
 

@@ -145,3 +145,21 @@ def explanations(run: Run) -> dict[str, Any] | None:
         if path.is_file():
             grids.append({"method": method, "uri": plots.png_data_uri(path.read_bytes())})
     return {"latest": latest, "methods": latest["methods"], "grids": grids, "random_map": latest.get("random_map")}
+
+
+@section("robustness", "Robustness", order=60)
+def robustness(run: Run) -> dict[str, Any] | None:
+    records = run.metrics("robust")
+    if not records:
+        return None
+    latest = records[-1]
+    charts = {}
+    for name, relative in (latest.get("files") or {}).items():
+        path = run.path / relative
+        if path.suffix == ".png" and path.is_file():
+            charts[name] = plots.png_data_uri(path.read_bytes())
+    corruptions = latest.get("corruptions")
+    severities = sorted({int(s) for v in corruptions["accuracy"].values() for s in v}) if corruptions else []
+    attacks = [row for row in latest.get("attacks", []) if row["eps"] > 0]
+    return {"latest": latest, "charts": charts, "attacks": attacks, "corruptions": corruptions,
+            "severities": severities, "errors": latest.get("corruption_errors"), "bias": latest.get("bias")}  # fmt: skip

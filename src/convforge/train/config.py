@@ -13,6 +13,7 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 # timm's schedules that step per update (plateau needs a metric each epoch, which this loop does not feed)
 SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt")
 CROP_CHOICES = ("auto", "pad", "rrc", "none")
+ADVERSARIAL_CHOICES = ("pgd", "fgsm")
 
 
 @dataclass
@@ -52,6 +53,12 @@ class TrainConfig:
     strict: bool = False
     workers: int | None = None
     eval_batch_size: int = 256
+    # Adversarial training: pgd (Madry et al. 2018) or fgsm with a random start (Wong et al. 2020)
+    adv: str | None = None
+    adv_eps: float = 8 / 255  # L-inf budget on [0, 1] pixels
+    adv_steps: int = 7  # PGD steps (fgsm: 1)
+    adv_step_size: float | None = None  # default: 2.5 eps / steps for pgd, 1.25 eps for fgsm
+    adv_val_images: int = 512  # validation images attacked each epoch for the robust accuracy
 
     def __post_init__(self) -> None:
         problems = []
@@ -76,6 +83,15 @@ class TrainConfig:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.img_size is not None and self.img_size < 8:
             problems.append(f"img_size must be at least 8, got {self.img_size}")
+        if self.adv is not None:
+            if self.adv not in ADVERSARIAL_CHOICES:
+                problems.append(f"adv must be one of {ADVERSARIAL_CHOICES}, got {self.adv!r}")
+            if not 0 < self.adv_eps < 1:
+                problems.append(f"adv_eps is a fraction of the pixel range in (0, 1), like 8/255; got {self.adv_eps}")
+            if self.adv_steps < 1:
+                problems.append(f"adv_steps must be at least 1, got {self.adv_steps}")
+            if self.mixup > 0 or self.cutmix > 0:
+                problems.append("adversarial training attacks hard labels; turn off --mixup and --cutmix")
         if problems:
             raise ConfigError("; ".join(problems))
 

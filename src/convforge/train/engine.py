@@ -36,6 +36,7 @@ from convforge.data.transforms import TrainAugment
 from convforge.errors import RunFolderError, TrainingDiverged, UserError
 from convforge.models import create_model
 from convforge.runs import CHECKPOINTS_DIR, Run, check_free, next_run_dir
+from convforge.train.adversarial import Adversary
 from convforge.train.config import TrainConfig
 from convforge.train.evaluate import EvalResult, autocast_context, evaluate
 from convforge.train.progress import TrainProgress
@@ -192,6 +193,7 @@ class _Trainer:
             self.loss_fn = SoftTargetCrossEntropy()
         else:
             self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.adversary = Adversary(config, self.preprocessing) if config.adv else None
         self.start_epoch, self.best_epoch, self.best_val = 0, 0, None
 
     def run_new(self, out: Path, command: str) -> TrainResult:
@@ -254,6 +256,10 @@ class _Trainer:
                         workers=config.workers,
                     )
                     record.update(val_loss=val.loss, val_acc=val.top1, val_top5=val.top5)
+                    if self.adversary is not None:
+                        record["val_robust_acc"] = self.adversary.robust_accuracy(
+                            eval_model, val_split, self.device, epoch_seed(config.seed, epoch)
+                        )
                 # Without a validation split the latest weights are the best we can know of.
                 improved = (
                     "val_acc" not in record or self.best_val is None or record["val_acc"] > self.best_val
@@ -306,6 +312,9 @@ class _Trainer:
         self.progress.start_epoch(epoch + 1, config.epochs, steps)
         for step, (images, labels, _) in enumerate(self.train_loader.batches(seed), start=1):
             inputs, targets = self.augment(images, labels, generator)
+            if self.adversary is not None:
+                with autocast_context(self.device, self.amp_dtype):
+                    inputs = self.adversary.perturb(self.step_model, inputs, labels, generator)
             with autocast_context(self.device, self.amp_dtype):
                 logits = self.step_model(inputs)
             loss = self.loss_fn(logits.float(), targets)

@@ -59,6 +59,8 @@ class TrainProgress:
         ]
         if record.get("val_acc") is not None:
             parts.append(f"val acc {record['val_acc']:.3f}")
+        if record.get("val_robust_acc") is not None:
+            parts.append(f"val robust acc {record['val_robust_acc']:.3f}")
         parts += [f"{record['images_per_second']:,.0f} img/s", f"{record['epoch_seconds']:.1f}s"]
         if record.get("best"):
             parts.append("[green]best[/green]")
