@@ -161,5 +161,12 @@ def robustness(run: Run) -> dict[str, Any] | None:
     corruptions = latest.get("corruptions")
     severities = sorted({int(s) for v in corruptions["accuracy"].values() for s in v}) if corruptions else []
     attacks = [row for row in latest.get("attacks", []) if row["eps"] > 0]
-    return {"latest": latest, "charts": charts, "attacks": attacks, "corruptions": corruptions,
-            "severities": severities, "errors": latest.get("corruption_errors"), "bias": latest.get("bias")}  # fmt: skip
+    return {
+        "latest": latest,
+        "charts": charts,
+        "attacks": attacks,
+        "corruptions": corruptions,
+        "severities": severities,
+        "errors": latest.get("corruption_errors"),
+        "bias": latest.get("bias"),
+    }

@@ -16,7 +16,6 @@ jpeg_compression, elastic_transform. Where the tensor version differs from the o
 - motion_blur rebuilds ImageMagick's MotionBlurImage kernel (2r+1 one-sided Gaussian taps along a
   random angle in [-45, 45] degrees, edge pixels repeated);
 - pixelate rebuilds PIL's BOX resampling as two small matrices;
-- jpeg_compression encodes with torchvision's libjpeg at the original quality;
 - elastic_transform resamples bilinearly with torch's grid_sample (reflection at the border) where
   the original uses cv2.warpAffine and scipy's map_coordinates.
 
@@ -31,6 +30,7 @@ Left out, and why:
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from convforge.errors import ConfigError, did_you_mean
 
@@ -399,10 +400,15 @@ def box_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """(size_out, size_in) weights of PIL's BOX resampling: output pixel i averages the input pixels
     whose centres lie within half an output pixel of its centre (at least half an input pixel)."""
     scale = size_in / size_out
-    support = 0.5 * max(scale, 1.0)
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
     centres = (torch.arange(size_out, dtype=torch.float64) + 0.5) * scale
-    offsets = torch.arange(size_in, dtype=torch.float64)[None, :] + 0.5 - centres[:, None]
-    weights = ((offsets >= -support) & (offsets < support)).double()
+    first = torch.floor(centres - support + 0.5).clamp_min(0)  # PIL's window [xmin, xmax), as it computes it
+    last = torch.floor(centres + support + 0.5).clamp_max(size_in)
+    pixels = torch.arange(size_in, dtype=torch.float64)[None, :]
+    argument = (pixels - centres[:, None] + 0.5) / filterscale
+    inside = (pixels >= first[:, None]) & (pixels < last[:, None]) & (argument > -0.5) & (argument <= 0.5)
+    weights = inside.double()
     return weights / weights.sum(dim=1, keepdim=True).clamp_min(1)
 
 
@@ -418,11 +424,14 @@ def _pixelate(x, c, ctx):
 
 
 def _jpeg_compression(x, quality, ctx):
-    from torchvision.io import decode_jpeg, encode_jpeg
-
-    pixels = (x * 255).round().clamp(0, 255).to(torch.uint8).cpu()
-    decoded = decode_jpeg(encode_jpeg(list(pixels), quality=int(quality)))
-    return torch.stack(decoded).to(x) / 255
+    """Encoded and decoded with Pillow at the original quality, one image at a time, as the original."""
+    pixels = (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    decoded = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "JPEG", quality=int(quality))
+        decoded.append(np.asarray(Image.open(buffer)).reshape(image.shape))
+    return torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).to(x) / 255
 
 
 def _elastic_transform(x, c, ctx):
