@@ -42,11 +42,24 @@ def test_demo_reaches_95_percent_and_says_what_next(demo_output):
 def test_demo_explanations_point_at_the_shapes(demo_run):
     """On the trained demo model, Grad-CAM's maps peak on the object far more often than a uniform
     random map's (measured: 0.40 against 0.16 on 256 held-out shapes)."""
-    record = [json.loads(line) for line in (demo_run / "metrics.jsonl").read_text().splitlines()][-1]
-    assert record["kind"] == "explain" and record["images"] == 256
+    record = [r for r in map(json.loads, (demo_run / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "explain"][-1]  # fmt: skip
+    assert record["images"] == 256
     rows = {row["method"]: row for row in record["methods"]}
     random_pointing = record["random_map"]["pointing_game"]
     assert random_pointing < 0.25
     assert rows["gradcam"]["pointing_game"] > max(0.3, 2 * random_pointing)
     assert rows["gradcam"]["energy_inside"] > record["random_map"]["energy_inside"] + 0.08
     assert all(row["pointing_game"] > 2 * random_pointing for row in rows.values())
+
+
+def test_demo_stresses_the_model(demo_run):
+    """PGD at 8/255 breaks the normally trained demo model; noise at severity 5 costs accuracy."""
+    record = [json.loads(line) for line in (demo_run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert record["kind"] == "robust" and record["images"] == 256
+    robust = {row["eps"]: row["robust_accuracy"] for row in record["attacks"]}
+    assert robust[0.0] == record["clean_accuracy"] > 0.9
+    assert robust[8 / 255] < robust[2 / 255] <= robust[0.0]
+    noise = record["corruptions"]["accuracy"]["gaussian_noise"]
+    assert noise["5"] < record["clean_accuracy"]
+    assert "Robustness" in (demo_run / "report.html").read_text()

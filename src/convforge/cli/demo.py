@@ -11,6 +11,7 @@ import typer
 from convforge.checkpoint import load_model
 from convforge.cli.common import Output, QuietOption, eval_table, percent, user_errors
 from convforge.cli.explain import comparison_table, dataset_inputs, explain_into_run
+from convforge.cli.robust import print_card, robustness_card, write_card
 from convforge.report import build_report
 from convforge.runs import Run, next_run_dir
 from convforge.train import TrainConfig, TrainProgress, train
@@ -28,6 +29,12 @@ DEMO_LR = 6e-3
 DEMO_EXPLAIN_LAYER = "layer3"
 DEMO_EXPLAIN_METHODS = ["gradcam", "gradcam++", "layercam", "eigencam", "scorecam"]
 DEMO_EXPLAIN_IMAGES = 256
+# Robustness: one attack at two budgets and four corruption families at three severities, on 256
+# held-out shapes: about 10 s on 2 CPU cores.
+DEMO_ROBUST_IMAGES = 256
+DEMO_ATTACK_EPS = [2 / 255, 8 / 255]
+DEMO_CORRUPTIONS = ["gaussian_noise", "motion_blur", "contrast", "jpeg_compression"]
+DEMO_SEVERITIES = [1, 3, 5]
 
 
 @user_errors
@@ -36,7 +43,7 @@ def demo_command(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = DEMO_EPOCHS,
     quiet: QuietOption = False,
 ) -> None:
-    """Train a small CNN on the built-in shapes data, evaluate and explain it, and write its report.
+    """Train a small CNN on the built-in shapes data; evaluate, explain and stress it; write its report.
 
     Nothing is downloaded: the shapes are drawn procedurally (10 classes on textured backgrounds,
     with a ground-truth mask per image).
@@ -79,6 +86,13 @@ def demo_command(
         layer=DEMO_EXPLAIN_LAYER,
     )
     output.table(comparison_table(comparison, f"explanations: {comparison.images} held-out shapes"))
+    output.message("stressing it with an attack and common corruptions ...")
+    card = robustness_card(
+        model, spec, "shapes", images=DEMO_ROBUST_IMAGES, attacks=["pgd"], epsilons=DEMO_ATTACK_EPS,
+        families=DEMO_CORRUPTIONS, severities=DEMO_SEVERITIES,
+    )  # fmt: skip
+    write_card(Run.open(out), card)
+    print_card(output, card)
     report = build_report(out)
     elapsed = time.perf_counter() - started
     top1 = percent(result.test.top1) if result.test else "-"
@@ -89,6 +103,7 @@ def demo_command(
         "What to try next:\n"
         f"  convforge predict {out} path/to/image.png      classify your own images\n"
         f"  convforge explain {out} path/to/image.png      see what it looks at\n"
+        f"  convforge robust {out} shapes --bias           how it fails: attacks, corruptions\n"
         f"  convforge eval {out} shapes                     evaluate again (or on other data)\n"
         "  convforge train path/to/your/folder --model resnet18   train on your own labelled images\n"
         "  convforge models convnext                            browse architectures"
