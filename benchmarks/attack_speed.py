@@ -38,7 +38,7 @@ def cifar_images(count: int) -> torch.Tensor:
     images = []
     with tarfile.open(ARCHIVE / "cifar10-jpg" / "cifar10-jpg.tar.gz") as archive:
         for member in archive:
-            if member.isfile() and "/test/" in member.name and member.name.endswith(".jpg"):
+            if member.isfile() and "/test/" in f"/{member.name}" and member.name.endswith(".jpg"):
                 data = archive.extractfile(member).read()
                 images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
                 if len(images) == count:
