@@ -28,6 +28,9 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	# torchattacks (test reference only) pins requests~=2.25, which clashes with the rest; it needs
+	# nothing beyond torch, torchvision, scipy and numpy, all installed above
+	$(BIN)/python -m pip install --quiet --no-deps "torchattacks==3.5.1"
 	touch $(STAMP)
 
 clean:
