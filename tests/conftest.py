@@ -46,3 +46,11 @@ def tiny_run(tmp_path_factory):
         data=TINY_SHAPES, model=TINY_MODEL, model_kwargs=dict(TINY_MODEL_KWARGS), **TINY_TRAINING
     )
     return train(config, out)
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path):
+    """A private copy of the tiny trained run, for commands that write into the run folder."""
+    import shutil
+
+    return shutil.copytree(tiny_run.run.path, tmp_path / "run")

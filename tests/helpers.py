@@ -4,3 +4,12 @@ TINY_MODEL = "resnet10t"  # narrowed below: about 100k parameters
 TINY_MODEL_KWARGS = {"channels": [16, 24, 32, 48], "stem_width": 8}
 TINY_SHAPES = "shapes:size=32,train=3000,val=200,test=300"
 TINY_TRAINING = {"epochs": 6, "batch_size": 32, "lr": 4e-3, "crop": "none"}
+
+
+def invoke(*args):
+    """Run the CLI in-process with string arguments; exceptions other than exit codes propagate."""
+    from typer.testing import CliRunner
+
+    from convforge.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)

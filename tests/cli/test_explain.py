@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -11,19 +10,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from convforge.cli import app
-from tests.helpers import TINY_SHAPES
+from tests.helpers import TINY_SHAPES, invoke
 
 runner = CliRunner()
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.fixture
-def run(tiny_run, tmp_path):
-    """A private copy of the tiny trained run (explain writes into the run folder)."""
-    return shutil.copytree(tiny_run.run.path, tmp_path / "run")
+def run(tiny_run_copy):
+    return tiny_run_copy
 
 
 def test_explain_a_dataset_writes_overlays_grids_scores_and_a_report_section(run):

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-from typer.testing import CliRunner
 
-from convforge.cli import app
-from tests.helpers import TINY_SHAPES
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture
-def run(tiny_run, tmp_path):
-    """A private copy of the tiny trained run (robust writes into the run folder)."""
-    return shutil.copytree(tiny_run.run.path, tmp_path / "run")
+from tests.helpers import TINY_SHAPES, invoke
 
 
 def robust_records(run):
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "robust"]
 
 
-def test_robust_writes_table_curves_record_and_report_section(run):
+def test_robust_writes_table_curves_record_and_report_section(tiny_run_copy):
+    run = tiny_run_copy
     args = ["robust", run, TINY_SHAPES, "--n", "64", "--attacks", "fgsm,pgd", "--eps", "2/255,0.031",
             "--corruptions", "gaussian_noise,jpeg", "--severities", "1-2", "--bias"]  # fmt: skip
     result = invoke(*args)
@@ -70,7 +56,8 @@ def test_robust_writes_table_curves_record_and_report_section(run):
         (["--baseline", "{tmp}/nowhere"], ["nowhere"]),
     ],
 )
-def test_bad_input_is_one_clear_message(run, tmp_path, args, fragments):
+def test_bad_input_is_one_clear_message(tiny_run_copy, tmp_path, args, fragments):
+    run = tiny_run_copy
     result = invoke("robust", run, TINY_SHAPES, "--n", "8", *[a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output

@@ -30,7 +30,7 @@ DEMO_EXPLAIN_LAYER = "layer3"
 DEMO_EXPLAIN_METHODS = ["gradcam", "gradcam++", "layercam", "eigencam", "scorecam"]
 DEMO_EXPLAIN_IMAGES = 256
 # Robustness: one attack at two budgets and four corruption families at three severities, on 256
-# held-out shapes: about 10 s on 2 CPU cores.
+# held-out shapes: a small card that keeps the demo short.
 DEMO_ROBUST_IMAGES = 256
 DEMO_ATTACK_EPS = [2 / 255, 8 / 255]
 DEMO_CORRUPTIONS = ["gaussian_noise", "motion_blur", "contrast", "jpeg_compression"]

@@ -220,15 +220,24 @@ def pgd(
     as its target), and that image is what it returns."""
     _check_inputs(images, labels, eps, norm, targets)
     step_size = 2.5 * eps / steps if step_size is None else step_size
+    if restarts == 1:
+        return _pgd_once(model, images, labels, targets, eps, norm, steps, step_size, random_start, early_stop,
+                         generator)[0]  # fmt: skip
+    return _restarted(
+        lambda x, y, t: _pgd_once(model, x, y, t, eps, norm, steps, step_size, random_start, True, generator),
+        images, labels, targets, restarts,
+    )  # fmt: skip
+
+
+def _restarted(attack_once, images, labels, targets, restarts: int) -> torch.Tensor:
+    """Run `attack_once(images, labels, targets) -> (adversarial, fooled)` up to `restarts` times, each
+    time on the samples no earlier run fooled."""
     result = images.detach().clone()
     remaining = torch.arange(len(images), device=images.device)
     for _ in range(restarts):
-        adversarial, fooled = _pgd_once(
-            model, images[remaining], labels[remaining], eps, norm, steps, step_size, random_start,
-            None if targets is None else targets[remaining], early_stop or restarts > 1, generator,
-        )  # fmt: skip
-        if restarts == 1:
-            return adversarial
+        adversarial, fooled = attack_once(
+            images[remaining], labels[remaining], None if targets is None else targets[remaining]
+        )
         result[remaining] = adversarial
         remaining = remaining[~fooled]
         if not len(remaining):
@@ -236,7 +245,7 @@ def pgd(
     return result
 
 
-def _pgd_once(model, images, labels, eps, norm, steps, step_size, random_start, targets, early_stop, generator):
+def _pgd_once(model, images, labels, targets, eps, norm, steps, step_size, random_start, early_stop, generator):
     """One PGD run; returns the images and which samples were seen fooled."""
     natural, x = images.detach(), images.detach().clone()
     if random_start and eps > 0:
@@ -244,16 +253,10 @@ def _pgd_once(model, images, labels, eps, norm, steps, step_size, random_start, 
     out, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
     active = torch.arange(len(x), device=x.device)
     for _ in range(steps):
-        x.requires_grad_(True)
-        logits = model(x)
-        loss = _objective(logits, labels, targets)
-        # The mean (not the sum) only scales the gradient, whose sign is all L-inf steps use; it
-        # rounds exactly as torchattacks does, so the two agree where a gradient is nearly zero.
-        (grad,) = torch.autograd.grad(loss.mean(), x)
+        _, grad, logits = _loss_and_grad(model, x, labels, targets)
         with torch.no_grad():
-            x = x.detach()
             if early_stop:
-                success = _succeeded(logits.detach(), labels, targets)
+                success = _succeeded(logits, labels, targets)
                 if success.any():
                     out[active[success]], fooled[active[success]] = x[success], True
                     keep = ~success
@@ -288,18 +291,10 @@ def apgd(
     a halving restarts from the best point. Returns the misclassified iterate where there was one,
     else the point of highest loss."""
     _check_inputs(images, labels, eps, norm, targets)
-    result = images.detach().clone()
-    remaining = torch.arange(len(images), device=images.device)
-    for _ in range(restarts):
-        adversarial, fooled = _apgd_once(
-            model, images[remaining], labels[remaining], None if targets is None else targets[remaining],
-            eps, norm, steps, rho, momentum, early_stop, generator,
-        )  # fmt: skip
-        result[remaining] = adversarial
-        remaining = remaining[~fooled]
-        if not len(remaining):
-            break
-    return result
+    return _restarted(
+        lambda x, y, t: _apgd_once(model, x, y, t, eps, norm, steps, rho, momentum, early_stop, generator),
+        images, labels, targets, restarts,
+    )  # fmt: skip
 
 
 def _apgd_once(model, images, labels, targets, eps, norm, steps, rho, momentum, early_stop, generator):
@@ -419,7 +414,9 @@ def _loss_and_grad(model, x, labels, targets):
     x = x.detach().requires_grad_(True)
     logits = model(x)
     loss = _objective(logits, labels, targets)
-    (grad,) = torch.autograd.grad(loss.sum(), x)
+    # The mean (not the sum) only scales the gradient, and every step uses its sign or its direction;
+    # it rounds exactly as torchattacks does, so the two agree where a gradient is nearly zero.
+    (grad,) = torch.autograd.grad(loss.mean(), x)
     return loss.detach(), grad.detach(), logits.detach()
 
 

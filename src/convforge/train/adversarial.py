@@ -17,7 +17,7 @@ from torch import nn
 
 from convforge.data.imageset import ImageSet
 from convforge.data.transforms import Preprocessing, normalize, pixel_transform, unnormalize
-from convforge.models.prepared import model_prepared
+from convforge.models.prepared import frozen_parameters, model_prepared
 from convforge.robust.attacks import PixelSpaceModel, pgd
 from convforge.train.config import TrainConfig
 
@@ -38,17 +38,11 @@ class Adversary:
         """The attacked copy of a normalised training batch, normalised again."""
         pixels = unnormalize(inputs.detach(), self.preprocessing)
         pixel_model = PixelSpaceModel(model, self.preprocessing.mean, self.preprocessing.std)
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        for parameter, _ in flags:  # the attack needs input gradients only
-            parameter.requires_grad_(False)
-        try:
+        with frozen_parameters(model):  # training mode stays on: the attack needs input gradients only
             adversarial = pgd(
                 pixel_model, pixels, labels, self.eps, steps=self.steps, step_size=self.step_size,
                 random_start=True, early_stop=False, generator=generator,
             )  # fmt: skip
-        finally:
-            for parameter, flag in flags:
-                parameter.requires_grad_(flag)
         return normalize(adversarial, self.preprocessing)
 
     def robust_accuracy(self, model: nn.Module, split: ImageSet, device: torch.device, seed: int) -> float:
