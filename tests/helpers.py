@@ -13,3 +13,17 @@ def invoke(*args):
     from convforge.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_close_scaled(actual, expected, rtol: float = 1e-5) -> None:
+    """`actual` equals `expected` within `rtol` of the largest |expected|, elementwise.
+
+    Logits of random models can be in the millions; an absolute tolerance then depends on summation
+    order (CPU kind, thread count, load). Scaling by the largest value compares what float32 can hold.
+    """
+    import torch
+
+    expected = torch.as_tensor(expected).detach()
+    actual = torch.as_tensor(actual).detach()
+    scale = max(float(expected.abs().max()), 1e-30) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=rtol * scale)

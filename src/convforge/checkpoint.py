@@ -195,9 +195,14 @@ def save_train_state(
     optimizer: torch.optim.Optimizer,
     ema: nn.Module | None,
     state: dict[str, Any],
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Model, EMA and optimizer tensors plus JSON `state` (epoch, scheduler, ...), in one atomic file."""
+    """Model, EMA and optimizer tensors plus JSON `state` (epoch, scheduler, ...), in one atomic file.
+
+    `extra_tensors` (generator states of a mid-epoch checkpoint, say) come back from
+    `load_train_state` under the state's "extra_tensors" key."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     optimizer_state = optimizer.state_dict()
@@ -242,4 +247,5 @@ def load_train_state(
     optimizer.load_state_dict(
         {"state": optimizer_state, "param_groups": metadata.pop("optimizer_param_groups")}
     )
+    metadata["extra_tensors"] = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     return metadata

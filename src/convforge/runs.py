@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -215,7 +216,30 @@ def check_free(path: str | os.PathLike) -> None:
     """A new run never writes into a folder that holds something already."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunFolderError(f"{path} already exists and is not empty; choose another --out, or --resume it")
+        raise RunFolderError(
+            f"{path} already exists and is not empty; choose another --out, continue it with --resume, "
+            "or replace it with --force"
+        )
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """`--force` replaces a run folder or an empty folder, never a file or a folder of other things."""
+    path = Path(path)
+    if not path.exists() or (path / RUN_FILE).is_file():
+        return
+    if not path.is_dir() or any(path.iterdir()):
+        raise RunFolderError(
+            f"{path} is not a run folder (it has no {RUN_FILE}); --force replaces only run folders, "
+            "so nothing was deleted. Choose another --out"
+        )
+
+
+def remove_run_folder(path: str | os.PathLike) -> None:
+    """Delete a run folder (after `check_replaceable` said it is one) so a new run can take its place."""
+    path = Path(path)
+    check_replaceable(path)
+    if path.is_dir():
+        shutil.rmtree(path)
 
 
 def next_run_dir(root: str | os.PathLike, name: str) -> Path:

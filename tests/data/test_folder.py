@@ -157,6 +157,20 @@ def test_csv_dataset(tmp_path):
     assert len(dataset.train) == 6 and len(dataset.test) == 2
 
 
+def test_csv_whose_files_are_missing_says_how_many_and_names_the_first(tmp_path, caplog):
+    make_folder(tmp_path / "imgs", per_class=3)
+    rows = [f"imgs/{name}/{i}.png,{name}" for name in ("cat", "dog") for i in range(3)]
+    (tmp_path / "wrong.csv").write_text("\n".join(r.replace("imgs/", "images/") for r in rows) + "\n")
+    with pytest.raises(DatasetError, match=r"none of the 6 image files listed in .*wrong\.csv exists "
+                                           r"\(first: .*images/cat/0\.png\); paths are read relative"):  # fmt: skip
+        load_dataset(f"csv:{tmp_path / 'wrong.csv'}")
+    (tmp_path / "some.csv").write_text("\n".join(rows + ["imgs/dog/9.png,dog"]) + "\n")
+    with caplog.at_level("WARNING", logger="convforge"):
+        dataset = load_dataset(f"csv:{tmp_path / 'some.csv'}")
+    assert "1 of the 7 image files listed" in caplog.text and "dog/9.png" in caplog.text
+    assert len(dataset.train) == 6 and len(dataset.skipped) == 1
+
+
 def test_empty_class_folder_is_reported_and_left_out(tmp_path):
     root = make_folder(tmp_path / "d", classes=("a", "b", "c"))
     for path in (root / "c").iterdir():

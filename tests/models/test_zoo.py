@@ -18,6 +18,7 @@ from huggingface_hub.utils import EntryNotFoundError
 import convforge
 from convforge.errors import CheckpointError
 from convforge.models import create_model, reparameterize_model
+from tests.helpers import assert_close_scaled
 from tests.models.official_weights import formula_state_dict, load_reference, probe_input
 
 # architecture -> (module, the tiny test variant, whether it re-parameterizes)
@@ -72,7 +73,7 @@ def test_official_layout_reproduces_official_outputs(reference_name, form):
     with torch.no_grad():
         logits = model(probe_input(reference["input_shape"]))
     expected = torch.tensor(reference[f"{form}_logits"])
-    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    assert_close_scaled(logits, expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", [a for a in sorted(ZOO) if ZOO[a][2]])
@@ -144,7 +145,7 @@ def test_reparameterized_model_exports_to_onnx(arch, tmp_path):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (onnx_logits,) = session.run(None, {"input": x.numpy()})
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(onnx_logits), model(x), rtol=1e-4, atol=1e-4)
+        assert_close_scaled(torch.from_numpy(onnx_logits), model(x), rtol=1e-4)
 
 
 def _official_checkpoint(arch: str, path, form: str = "train"):
@@ -162,7 +163,7 @@ def test_checkpoint_path_loads_an_official_file_offline(arch, tmp_path):
     with torch.no_grad():
         logits = model(probe_input(reference["input_shape"]))
     expected = torch.tensor(reference["train_logits"])
-    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    assert_close_scaled(logits, expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", sorted(ZOO))
@@ -187,7 +188,7 @@ def test_pretrained_goes_through_the_real_download_code(arch, tmp_path, monkeypa
     assert ("org/repo", "weights.pth") in requested
     with torch.no_grad():
         logits = model(probe_input(reference["input_shape"]))
-    torch.testing.assert_close(logits, torch.tensor(reference["train_logits"]), rtol=1e-5, atol=1e-4)
+    assert_close_scaled(logits, torch.tensor(reference["train_logits"]), rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", sorted(ZOO))
@@ -243,7 +244,7 @@ def test_pretrained_from_a_url_goes_through_the_real_download_code(arch, url, tm
     assert downloads == [url]
     with torch.no_grad():
         logits = model(probe_input(reference["input_shape"]))
-    torch.testing.assert_close(logits, torch.tensor(reference["train_logits"]), rtol=1e-5, atol=1e-4)
+    assert_close_scaled(logits, torch.tensor(reference["train_logits"]), rtol=1e-5)
 
 
 def test_weights_published_only_by_hand_say_where():

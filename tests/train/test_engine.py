@@ -68,12 +68,12 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     out = tmp_path / "diverge"
     original = engine._Trainer._train_one_epoch
 
-    def poison_second_epoch(self, epoch):
+    def poison_second_epoch(self, epoch, position):
         if epoch == 1:
             with torch.no_grad():
                 for parameter in self.model.parameters():
                     parameter.fill_(float("nan"))
-        return original(self, epoch)
+        return original(self, epoch, position)
 
     monkeypatch.setattr(engine._Trainer, "_train_one_epoch", poison_second_epoch)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1.*epoch 1.*--lr"):
@@ -147,3 +147,79 @@ def test_photos_train_with_random_resized_crop_and_evaluate_with_centre_crop(tmp
     assert preprocessing["input_size"] == [64, 64] and preprocessing["crop_pct"] < 1.0
     assert result.run.info["data"]["image_shape"] == [150, 180, 3]
     assert result.test.images == 8 and result.test.top1 == 1.0  # brightness is easy
+
+
+def test_a_run_that_fails_says_so_in_run_json(tmp_path, monkeypatch):
+    from convforge.train import engine
+
+    def broken_epoch(self, epoch, position):
+        raise RuntimeError("out of disk, say")
+
+    monkeypatch.setattr(engine._Trainer, "_train_one_epoch", broken_epoch)
+    with pytest.raises(RuntimeError, match="out of disk"):
+        train(_config(epochs=1), tmp_path / "failed")
+    info = json.loads((tmp_path / "failed" / "run.json").read_text())
+    assert info["status"] == "failed" and info["error"] == "RuntimeError: out of disk, say"
+
+
+def test_resume_of_a_run_without_a_checkpoint_starts_it_afresh(tmp_path, monkeypatch):
+    from convforge.train import engine, resume
+
+    out = tmp_path / "early"
+    monkeypatch.setattr(engine._Trainer, "_train_one_epoch", lambda self, epoch, position: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train(_config(epochs=1, seed=5), out)
+    assert not (out / "checkpoints" / "last.safetensors").exists()
+    monkeypatch.undo()
+    result = resume(out)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["config"]["seed"] == 5 and "error" not in info
+    assert [r["epoch"] for r in result.run.metrics("epoch")] == [1]
+
+
+def test_force_replaces_a_run_folder_and_nothing_else(tmp_path):
+    from convforge.errors import RunFolderError
+
+    out = tmp_path / "run"
+    train(_config(epochs=1), out)
+    with pytest.raises(RunFolderError, match="already exists.*--force"):
+        train(_config(epochs=1), out)
+    (out / "stale.txt").write_text("from the old run")
+    train(_config(epochs=1, seed=3), out, force=True)
+    assert not (out / "stale.txt").exists() and json.loads((out / "run.json").read_text())["config"]["seed"] == 3
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    with pytest.raises(RunFolderError, match="not a run folder.*nothing was deleted"):
+        train(_config(epochs=1), precious, force=True)
+    assert (precious / "thesis.tex").read_text() == "do not delete"
+
+
+def test_horizontal_flips_are_off_by_default_for_digits_only():
+    from torch import nn
+
+    model = nn.Linear(1, 1)
+    flips = lambda data, **kw: resolve_preprocessing(model, (28, 28, 1), _config(data=data, **kw))[1].hflip  # noqa: E731
+    assert flips("mnist:/data/mnist") == 0.0
+    assert flips("fashion-mnist:/data/fmnist") == 0.5 and flips("shapes") == 0.5
+    assert flips("mnist:/data/mnist", hflip=0.5) == 0.5 and flips("shapes", hflip=0.0) == 0.0
+    with pytest.raises(ConfigError, match="hflip is a probability"):
+        _config(hflip=2.0)
+
+
+def test_without_a_terminal_training_prints_plain_progress_lines():
+    import io
+
+    from rich.console import Console
+
+    from convforge.train import TrainProgress
+
+    stream = io.StringIO()
+    progress = TrainProgress(console=Console(file=stream, width=200), log_every=10, log_seconds=3600)
+    assert progress.plain  # a StringIO is no terminal
+    progress.start_epoch(1, 3, 25)
+    for step in range(1, 26):
+        progress.update(step, loss=1.0 / step, accuracy=0.5, images_per_second=640.0)
+    lines = stream.getvalue().splitlines()
+    assert [line.split("  ")[1] for line in lines] == ["step 10/25", "step 20/25"]
+    assert lines[0].startswith("epoch 1/3  step 10/25  loss 0.1000  acc 0.500  640 img/s  epoch ETA 0:")

@@ -1,4 +1,7 @@
-"""A run killed with SIGKILL in the middle of an epoch and resumed ends bit-identical to one never stopped."""
+"""A run killed with SIGKILL in the middle of an epoch and resumed ends bit-identical to one never stopped.
+
+Training checkpoints mid-epoch every 0.1 s here, so the kill lands between two such checkpoints and
+resuming continues from the step the last one recorded."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from convforge.errors import RunFolderError, UserError
 from convforge.train import resume
 from tests.helpers import TINY_MODEL, TINY_MODEL_KWARGS
 
-DATA = "shapes:size=32,train=1600,val=200,test=200"
+DATA = "shapes:size=32,train=3200,val=200,test=200"
+STEPS_PER_EPOCH = 3200 // 16
 
 
 def _train_command(out, epochs=3):
@@ -35,7 +39,9 @@ def _train_command(out, epochs=3):
         "--epochs",
         str(epochs),
         "--batch-size",
-        "32",
+        "16",
+        "--checkpoint-every",
+        "0.1s",
         "--crop",
         "pad",
         "--ema",
@@ -50,17 +56,18 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "2"}
 
 
-def _wait_for_epoch(metrics_path, epoch, process, timeout=300.0):
+def _wait_for_checkpoint(path, process, accept, timeout=300.0):
+    """Poll the training state until its metadata satisfies `accept` (files are replaced atomically)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if metrics_path.is_file():
-            epochs = [json.loads(line) for line in metrics_path.read_text().splitlines() if '"epoch"' in line]
-            if any(r.get("epoch") == epoch for r in epochs if r.get("kind") == "epoch"):
-                return
+        if path.is_file():
+            _, metadata, _ = read_tensors(path)
+            if accept(metadata):
+                return metadata
         if process.poll() is not None:
             raise AssertionError(f"training exited early: {process.stderr.read()}")
-        time.sleep(0.05)
-    raise AssertionError("training did not reach the epoch in time")
+        time.sleep(0.02)
+    raise AssertionError("training did not reach the checkpoint in time")
 
 
 def _tensors(run):
@@ -75,14 +82,16 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(_train_command(killed), env=_env(), stderr=subprocess.PIPE, text=True)
-    _wait_for_epoch(killed / "metrics.jsonl", 1, process)
-    time.sleep(0.5)  # well into epoch 2 (an epoch takes several seconds)
+    # in the first half of epoch 2, so the epoch cannot end between this read and the kill
+    in_epoch_two = lambda m: m["epoch"] == 1 and 0 < m["step"] <= STEPS_PER_EPOCH // 2  # noqa: E731
+    _wait_for_checkpoint(killed / "checkpoints" / "last.safetensors", process, in_epoch_two)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
     _, _, metadata = _tensors(killed)
-    assert metadata["epoch"] == 1  # the checkpoint of the finished epoch, intact
-    assert json.loads((killed / "run.json").read_text())["status"] == "running"
+    assert metadata["epoch"] == 1 and 0 < metadata["step"] < STEPS_PER_EPOCH  # a mid-epoch checkpoint, intact
+    info = json.loads((killed / "run.json").read_text())
+    assert info["status"] == "running" and info["train_seconds"] > 0
 
     result = resume(killed)
     assert result.epochs == 3
@@ -100,6 +109,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
         if r["kind"] == "epoch"
     ]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    info = json.loads((killed / "run.json").read_text())
+    assert info["resumes"] == [{"epoch": 1, "step": metadata["step"]}]
+    # the time trained before the kill is kept and the resumed process adds its own epochs to it
+    resumed_epochs = sum(r["epoch_seconds"] for r in epochs if r["epoch"] > 1)
+    assert metadata["train_seconds"] > 0
+    assert info["train_seconds"] >= metadata["train_seconds"] + resumed_epochs - 0.02
+    assert info["wall_seconds"] >= info["train_seconds"] - 0.02
 
 
 def test_resume_errors(tmp_path, tiny_run):

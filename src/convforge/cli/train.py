@@ -22,6 +22,7 @@ from convforge.models import check_model_name
 from convforge.robust.attacks import parse_epsilon
 from convforge.train import TrainConfig, TrainProgress, TrainResult, resume, train_seeds
 from convforge.train.evaluate import EvalResult
+from convforge.train.position import parse_duration
 
 _D = TrainConfig(data="")  # the library's defaults, shown in --help
 
@@ -53,6 +54,14 @@ def train_command(
     crop: Annotated[
         str, typer.Option(help="auto, pad (pad-and-crop), rrc (random-resized-crop), none.")
     ] = _D.crop,
+    hflip: Annotated[
+        bool | None,
+        typer.Option(
+            "--hflip/--no-hflip",
+            help="Random horizontal flips (default: on, but off for mnist digits).",
+            show_default=False,
+        ),
+    ] = None,
     img_size: Annotated[
         int | None,
         typer.Option(
@@ -95,8 +104,18 @@ def train_command(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<model>).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace the run folder --out if it exists (only a run folder is ever replaced).")
+    ] = False,
+    checkpoint_every: Annotated[
+        str,
+        typer.Option(
+            help="Also checkpoint mid-epoch this often (30s, 10m, 1h; off), so a kill loses at most that much."
+        ),
+    ] = "10m",
     resume_run: Annotated[
-        Path | None, typer.Option("--resume", help="Continue this interrupted run.")
+        Path | None,
+        typer.Option("--resume", help="Continue this interrupted run (mid-epoch, from its last checkpoint)."),
     ] = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
@@ -133,6 +152,7 @@ def train_command(
         mixup=mixup,
         cutmix=cutmix,
         crop=crop,
+        hflip=None if hflip is None else (0.5 if hflip else 0.0),
         img_size=img_size,
         ema=ema,
         clip_grad=clip_grad,
@@ -147,14 +167,22 @@ def train_command(
         adv=adv,
         adv_eps=parse_epsilon(eps) if adv else _D.adv_eps,
         adv_steps=adv_steps,
+        checkpoint_every=_duration(checkpoint_every),
     )
-    results, summary = train_seeds(config, seeds, out, progress=progress)
+    results, summary = train_seeds(config, seeds, out, progress=progress, force=force)
     first = results[0]
     if seeds > 1:
         output.message(
             f"test top-1 over {seeds} seeds: {percent(summary['top1_mean'])} ± {percent(summary['top1_std'])}"
         )
     _print_result(output, first.run.path, first, first.test, summary if seeds > 1 else None)
+
+
+def _duration(text: str) -> float | None:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"--checkpoint-every: {exc}") from None
 
 
 def _print_result(

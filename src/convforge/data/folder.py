@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import multiprocessing
 import os
 import tarfile
@@ -25,6 +26,8 @@ import numpy as np
 from convforge.data.decode import decode_image, is_image_file
 from convforge.data.imageset import SkippedFile
 from convforge.errors import DatasetError, ImageDecodeError, did_you_mean
+
+log = logging.getLogger(__name__)
 
 SPLIT_ALIASES = {
     "train": ("train", "training"),
@@ -124,6 +127,16 @@ def list_csv(csv_path: str | os.PathLike) -> FileListing:
         size, mtime = _stat(full)
         content.append(f"{path}\0{label}\0{split}\0{size}")
         identity.append(f"{os.path.abspath(full)}\0{label}\0{split}\0{size}\0{mtime}")
+    missing = [full for files in splits.values() for full, _ in files if not os.path.exists(full)]
+    listed = sum(len(files) for files in splits.values())
+    if missing:
+        where = f"paths are read relative to the CSV's folder {csv_path.parent}"
+        if len(missing) == listed:
+            raise DatasetError(
+                f"none of the {listed:,} image files listed in {csv_path} exists (first: {missing[0]}); {where}"
+            )
+        log.warning("%s of the %s image files listed in %s do not exist and will be skipped (first: %s); %s",
+                    f"{len(missing):,}", f"{listed:,}", csv_path, missing[0], where)  # fmt: skip
     listing = FileListing(str(csv_path.parent), False, classes, splits, _digest(content), ignored)
     listing.cache_identity = _digest(identity)
     _check_classes(listing, str(csv_path))

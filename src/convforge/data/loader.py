@@ -65,11 +65,15 @@ class BatchLoader:
             return np.arange(n)
         return np.random.default_rng(seed).permutation(n)
 
-    def batches(self, seed: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, seed: int | None = None, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One epoch's batches in the order of `seed`, from batch number `start` (a resumed epoch)."""
         order = self.order(seed)
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and chunks and len(chunks[-1]) < self.batch_size:
             chunks.pop()
+        chunks = chunks[start:]
         if self.imageset.streaming:
             yield from self._stream(chunks)
             return

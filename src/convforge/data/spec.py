@@ -130,6 +130,13 @@ def absolute_spec(spec: str) -> str:
     return path if scheme == "folder" else f"{scheme}:{path}"
 
 
+def mirror_invariant(spec: str) -> bool:
+    """Whether a mirrored image keeps its class: not for digits (a mirrored 2, 3, 7 is no digit),
+    so horizontal flips are off by default for `mnist:` data."""
+    scheme, _ = _parse(spec)
+    return scheme != "mnist"
+
+
 def default_memory_budget() -> int:
     """Half of the memory available now: decoded datasets below it are cached, larger ones streamed."""
     if os.environ.get("CONVFORGE_MEMORY_BUDGET"):

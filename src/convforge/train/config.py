@@ -38,7 +38,7 @@ class TrainConfig:
     cutmix: float = 0.0
     crop: str = "auto"  # pad: pad-and-random-crop (small images); rrc: random-resized-crop (photos)
     pad: int | None = None  # translation in pixels for crop=pad; default 1/8 of the image side
-    hflip: float = 0.5
+    hflip: float | None = None  # flip probability; default 0.5, but 0 for digits (mnist), which mirroring changes
     img_size: int | None = None  # default: the images' own size when small, else the model's
     ema: bool = False
     ema_decay: float = 0.999
@@ -53,6 +53,7 @@ class TrainConfig:
     strict: bool = False
     workers: int | None = None
     eval_batch_size: int = 256
+    checkpoint_every: float | None = 600.0  # seconds between mid-epoch checkpoints (None: epoch ends only)
     # Adversarial training: pgd (Madry et al. 2018) or fgsm with a random start (Wong et al. 2020)
     adv: str | None = None
     adv_eps: float = 8 / 255  # L-inf budget on [0, 1] pixels
@@ -81,6 +82,10 @@ class TrainConfig:
             problems.append(f"crop must be one of {CROP_CHOICES}, got {self.crop!r}")
         if not 0 <= self.val_fraction < 1:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            problems.append(f"checkpoint_every is a number of seconds, got {self.checkpoint_every}")
+        if self.hflip is not None and not 0 <= self.hflip <= 1:
+            problems.append(f"hflip is a probability in [0, 1], got {self.hflip}")
         if self.img_size is not None and self.img_size < 8:
             problems.append(f"img_size must be at least 8, got {self.img_size}")
         if self.adv is not None:

@@ -10,6 +10,11 @@ Finally the best weights are reloaded from disk and evaluated on the test split.
 Every source of randomness in an epoch is seeded from (seed, epoch), and the checkpoint holds all
 other state, so a run stopped after epoch k and resumed ends with the same weights, bit for bit, as
 one that never stopped (in deterministic mode; tests/train/test_resume.py kills a run to show it).
+Long epochs are also checkpointed every `checkpoint_every` seconds, with the step reached and the
+generators' states (train/position.py), so a kill loses minutes, not an epoch.
+
+run.json says how a run ended: finished, diverged, interrupted (Ctrl-C), or failed with the error;
+a run killed outright still says running, and `--resume` continues it.
 """
 
 from __future__ import annotations
@@ -35,10 +40,18 @@ from convforge.data.loader import BatchLoader
 from convforge.data.transforms import TrainAugment
 from convforge.errors import RunFolderError, TrainingDiverged, UserError
 from convforge.models import create_model
-from convforge.runs import CHECKPOINTS_DIR, Run, check_free, next_run_dir
+from convforge.runs import (
+    CHECKPOINTS_DIR,
+    Run,
+    check_free,
+    check_replaceable,
+    next_run_dir,
+    remove_run_folder,
+)
 from convforge.train.adversarial import Adversary
 from convforge.train.config import TrainConfig
 from convforge.train.evaluate import EvalResult, autocast_context, evaluate
+from convforge.train.position import CheckpointClock, EpochPosition, capture_rng, restore_rng
 from convforge.train.progress import TrainProgress
 from convforge.train.samples import save_prediction_samples
 from convforge.train.setup import (
@@ -83,30 +96,37 @@ def train(
     runs_root: str | Path = "runs",
     command: str | None = None,
     dataset: Dataset | None = None,
+    force: bool = False,
 ) -> TrainResult:
-    """Train `config.model` on `config.data` into a new run folder (`out`, default runs/<model>)."""
+    """Train `config.model` on `config.data` into a new run folder (`out`, default runs/<model>).
+
+    `force` replaces an existing run folder at `out` (only a run folder: one with run.json), once the
+    data and model have loaded, so a mistake in either leaves the old run as it was."""
     out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
     config = replace(config, data=absolute_spec(config.data))
-    return _Trainer(config, progress, dataset).run_new(out, command or invoked_command())
+    return _Trainer(config, progress, dataset).run_new(out, command or invoked_command(), force=force)
 
 
 def resume(
     run_path: str | Path, *, progress: TrainProgress | None = None, dataset: Dataset | None = None
 ) -> TrainResult:
-    """Continue an interrupted run from its last checkpoint, in the same folder."""
+    """Continue an interrupted run from its last checkpoint, in the same folder (mid-epoch when the
+    checkpoint was taken mid-epoch). A run stopped before its first checkpoint starts afresh."""
     run = Run.open(run_path)
     info = run.info
     if info.get("stage") != "train":
         raise RunFolderError(f"{run.path} is a {info.get('stage')} run; only training runs can be resumed")
-    if not (run.path / CHECKPOINTS_DIR / LAST_CHECKPOINT).is_file():
-        raise RunFolderError(
-            f"{run.path} has no training checkpoint to resume from (it stopped before its first epoch "
-            "ended); start it again with `convforge train`"
-        )
     if info.get("status") == "finished":
         raise UserError(f"{run.path} finished all its epochs already; nothing to resume")
     config = TrainConfig.from_dict(info["config"])
-    return _Trainer(config, progress, dataset).run_resumed(run)
+    trainer = _Trainer(config, progress, dataset)
+    if not (run.path / CHECKPOINTS_DIR / LAST_CHECKPOINT).is_file():
+        trainer.progress.message(
+            f"{run.path} stopped before its first checkpoint was written: starting it afresh with its "
+            "recorded settings"
+        )
+        return trainer.run_new(run.path, info.get("command") or invoked_command(), force=True)
+    return trainer.run_resumed(run)
 
 
 class _Trainer:
@@ -195,10 +215,14 @@ class _Trainer:
             self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.adversary = Adversary(config, self.preprocessing) if config.adv else None
         self.start_epoch, self.best_epoch, self.best_val = 0, 0, None
+        self.position: EpochPosition | None = None  # where a mid-epoch checkpoint left off
+        self.train_seconds = 0.0  # training time embodied in the weights, summed over resumes
 
-    def run_new(self, out: Path, command: str) -> TrainResult:
-        check_free(out)  # before loading anything: fail fast
+    def run_new(self, out: Path, command: str, force: bool = False) -> TrainResult:
+        (check_replaceable if force else check_free)(out)  # before loading anything: fail fast
         self._setup()
+        if force:
+            remove_run_folder(out)
         self.run = Run.create(
             out, command=command, stage="train", config=self.config.to_dict(), seeds=[self.config.seed]
         )
@@ -229,37 +253,31 @@ class _Trainer:
             state["best_epoch"],
             state["best_val"],
         )
+        self.train_seconds = state.get("train_seconds", 0.0)
+        self.position = EpochPosition.from_state(state, state["extra_tensors"])
         run.drop_epochs_after(self.start_epoch)
-        run.update(status="running", resumed_at_epoch=self.start_epoch)
-        self.progress.message(f"resuming {run.path} after epoch {self.start_epoch}/{self.config.epochs}")
+        step = self.position.step if self.position else 0
+        resumes = [*run.info.get("resumes", []), {"epoch": self.start_epoch, "step": step}]
+        run.update(status="running", resumes=resumes, error=None)
+        where = (
+            f"epoch {self.start_epoch + 1}, step {step}" if step else f"the end of epoch {self.start_epoch}"
+        )
+        self.progress.message(f"resuming {run.path} from {where} (of {self.config.epochs} epochs)")
         return self._loop()
 
     # ------------------------------------------------------------------------------ loop
     def _loop(self) -> TrainResult:
         config, run = self.config, self.run
-        started = time.perf_counter()
-        previous_wall = run.info.get("train_seconds", 0.0)
-        val_split = self.dataset.val
+        self._clock = time.perf_counter()
+        self._wall_before, self._process_started = run.info.get("wall_seconds", 0.0), self._clock
+        self.checkpoint_clock = CheckpointClock(config.checkpoint_every)
         try:
             for epoch in range(self.start_epoch, config.epochs):
-                stats = self._train_one_epoch(epoch)
+                stats = self._train_one_epoch(epoch, self.position)
+                self.position = None
                 record = {"kind": "epoch", "epoch": epoch + 1, "epochs": config.epochs, **stats}
                 eval_model = self.ema.module if self.ema is not None else self.model
-                if val_split is not None and len(val_split):
-                    val = evaluate(
-                        eval_model,
-                        val_split,
-                        self.preprocessing,
-                        device=self.device,
-                        batch_size=config.eval_batch_size,
-                        amp_dtype=self.amp_dtype,
-                        workers=config.workers,
-                    )
-                    record.update(val_loss=val.loss, val_acc=val.top1, val_top5=val.top5)
-                    if self.adversary is not None:
-                        record["val_robust_acc"] = self.adversary.robust_accuracy(
-                            eval_model, val_split, self.device, epoch_seed(config.seed, epoch)
-                        )
+                record.update(self._validate(eval_model, epoch))
                 # Without a validation split the latest weights are the best we can know of.
                 improved = (
                     "val_acc" not in record or self.best_val is None or record["val_acc"] > self.best_val
@@ -270,47 +288,107 @@ class _Trainer:
                 run.append_metrics(record)
                 if improved:
                     save_model(run.path, eval_model, self.spec, extra={"epoch": epoch + 1})
-                save_train_state(
-                    run.checkpoints / LAST_CHECKPOINT,
-                    model=self.model,
-                    optimizer=self.optimizer,
-                    ema=self.ema,
-                    state=self._state(epoch + 1),
-                )
+                self._save_checkpoint(epoch + 1)
                 self.progress.end_epoch(record)
-        except TrainingDiverged:
-            run.update(status="diverged")
+        except TrainingDiverged as exc:
+            run.update(status="diverged", error=str(exc), **self._times())
+            raise
+        except KeyboardInterrupt:
+            run.update(status="interrupted", **self._times())
+            raise
+        except Exception as exc:
+            run.update(status="failed", error=f"{type(exc).__name__}: {exc}", **self._times())
             raise
         finally:
             self.progress.close()
-        train_seconds = previous_wall + time.perf_counter() - started
+        times = self._times()
         test = self._final_evaluation()
         skipped = len(self.dataset.skipped) + self.train_loader.skipped
         run.update(
             status="finished",
-            train_seconds=round(train_seconds, 2),
+            **times,
             best_epoch=self.best_epoch,
             best_val_acc=self.best_val,
             skipped_files=skipped,
             test=test.to_dict() if test else None,
         )
-        return TrainResult(run, test, self.best_epoch, self.best_val, config.epochs, train_seconds, skipped)
+        return TrainResult(
+            run, test, self.best_epoch, self.best_val, config.epochs, times["train_seconds"], skipped
+        )
 
-    def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
+    def _times(self) -> dict[str, float]:
+        """Training time the weights embody (summed over resumes; work lost to a kill is not in it) and
+        the wall time every process of this run spent (work lost to a kill included)."""
+        now = time.perf_counter()
+        self.train_seconds += now - self._clock
+        self._clock = now
+        wall = self._wall_before + now - self._process_started
+        return {"train_seconds": round(self.train_seconds, 2), "wall_seconds": round(wall, 2)}
+
+    def _validate(self, eval_model: nn.Module, epoch: int) -> dict[str, Any]:
+        config, val_split = self.config, self.dataset.val
+        if val_split is None or not len(val_split):
+            return {}
+        val = evaluate(
+            eval_model,
+            val_split,
+            self.preprocessing,
+            device=self.device,
+            batch_size=config.eval_batch_size,
+            amp_dtype=self.amp_dtype,
+            workers=config.workers,
+        )
+        record = {"val_loss": val.loss, "val_acc": val.top1, "val_top5": val.top5}
+        if self.adversary is not None:
+            record["val_robust_acc"] = self.adversary.robust_accuracy(
+                eval_model, val_split, self.device, epoch_seed(config.seed, epoch)
+            )
+        return record
+
+    def _save_checkpoint(
+        self,
+        epochs_done: int,
+        position: EpochPosition | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """The full training state, at an epoch's end or (with `position`) mid-epoch."""
+        state = {**self._state(epochs_done), **(position.to_state() if position else {"step": 0})}
+        extra = None
+        if position is not None:
+            extra, state["numpy_rng"] = capture_rng(generator, self.device)
+        times = self._times()
+        state["train_seconds"] = times["train_seconds"]
+        save_train_state(
+            self.run.checkpoints / LAST_CHECKPOINT,
+            model=self.model,
+            optimizer=self.optimizer,
+            ema=self.ema,
+            state=state,
+            extra_tensors=extra,
+        )
+        self.run.update(**times)
+        self.checkpoint_clock.reset()
+
+    def _train_one_epoch(self, epoch: int, position: EpochPosition | None) -> dict[str, Any]:
         config = self.config
         seed = epoch_seed(config.seed, epoch)
-        torch.manual_seed(seed)  # dropout, drop-path
-        np.random.seed(seed % 2**32)  # timm's Mixup draws from NumPy's global generator
         generator = torch.Generator().manual_seed(seed)
+        if position is None:
+            position = EpochPosition()
+            torch.manual_seed(seed)  # dropout, drop-path
+            np.random.seed(seed % 2**32)  # timm's Mixup draws from NumPy's global generator
+        else:  # a mid-epoch checkpoint: the same batches and random draws from where it stopped
+            restore_rng(position, generator, self.device)
         self.model.train()
         steps = len(self.train_loader)
         updates_before = epoch * steps
         sync_every = 1 if self.device.type == "cpu" else 25
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, started = 0, time.perf_counter()
+        loss_sum = torch.tensor(position.loss_sum, device=self.device)
+        correct = torch.tensor(position.correct, device=self.device, dtype=torch.long)
+        seen, seen_before, started = position.seen, position.seen, time.perf_counter()
         self.progress.start_epoch(epoch + 1, config.epochs, steps)
-        for step, (images, labels, _) in enumerate(self.train_loader.batches(seed), start=1):
+        batches = self.train_loader.batches(seed, start=position.step)
+        for step, (images, labels, _) in enumerate(batches, start=position.step + 1):
             inputs, targets = self.augment(images, labels, generator)
             if self.adversary is not None:
                 with autocast_context(self.device, self.amp_dtype):
@@ -318,40 +396,51 @@ class _Trainer:
             with autocast_context(self.device, self.amp_dtype):
                 logits = self.step_model(inputs)
             loss = self.loss_fn(logits.float(), targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
-            if config.clip_grad:
-                nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.scheduler.step_update(num_updates=updates_before + step)
-            if self.ema is not None:
-                self.ema.update(self.model, step=updates_before + step)
+            self._optimizer_step(loss, updates_before + step)
             hard = labels if targets.ndim == 1 else targets.argmax(dim=1)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(dim=1) == hard).sum()
             seen += len(labels)
-            if step % sync_every == 0 or step == steps:
+            checkpoint_due = step < steps and self.checkpoint_clock.due()
+            if step % sync_every == 0 or step == steps or checkpoint_due:
                 self._check_finite(loss, epoch, step)
                 elapsed = time.perf_counter() - started
                 self.progress.update(
-                    step, loss_sum.item() / seen, correct.item() / seen, seen / max(elapsed, 1e-9)
+                    step,
+                    loss_sum.item() / seen,
+                    correct.item() / seen,
+                    (seen - seen_before) / max(elapsed, 1e-9),
                 )
+            if checkpoint_due:
+                here = EpochPosition(step, loss_sum.item(), int(correct.item()), seen)
+                self._save_checkpoint(epoch, here, generator)
         elapsed = time.perf_counter() - started
         return {
             "train_loss": loss_sum.item() / max(seen, 1),
             "train_acc": correct.item() / max(seen, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_second": seen / max(elapsed, 1e-9),
+            "images_per_second": (seen - seen_before) / max(elapsed, 1e-9),
             "epoch_seconds": elapsed,
         }
+
+    def _optimizer_step(self, loss: torch.Tensor, updates: int) -> None:
+        """Backward, clip, step, schedule, EMA: the pure part of a training step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.config.clip_grad:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step_update(num_updates=updates)
+        if self.ema is not None:
+            self.ema.update(self.model, step=updates)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         if not math.isfinite(loss.item()):

@@ -23,9 +23,11 @@ def train_seeds(
     *,
     progress: TrainProgress | None = None,
     runs_root: str | Path = "runs",
+    force: bool = False,
 ) -> tuple[list[TrainResult], dict[str, Any]]:
     """Train `seeds` times (seed, seed+1, ...). The first run is `out`; the others are its children
-    in out/seeds/seed-N. Returns the results and the mean and standard deviation of test top-1."""
+    in out/seeds/seed-N. Returns the results and the mean and standard deviation of test top-1.
+    `force` replaces an existing run folder at `out` (see `train`)."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
@@ -40,7 +42,9 @@ def train_seeds(
         target = out if k == 0 else out / "seeds" / f"seed-{seed_config.seed}"
         if progress is not None and seeds > 1:
             progress.message(f"[bold]seed {seed_config.seed}[/bold] ({k + 1}/{seeds}) -> {target}")
-        results.append(train(seed_config, target, progress=progress, command=command, dataset=dataset))
+        results.append(
+            train(seed_config, target, progress=progress, command=command, dataset=dataset, force=force and k == 0)
+        )
     summary = seeds_summary(results)
     if seeds > 1:
         first = results[0].run

@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from convforge.data.spec import mirror_invariant
 from convforge.data.transforms import AugmentConfig, Preprocessing
 from convforge.errors import UserError
 from convforge.train.config import TrainConfig
@@ -85,7 +86,8 @@ def resolve_preprocessing(
         channels=channels,
     )
     pad = config.pad if config.pad is not None else max(2, min(height, width) // 8)
-    augment = AugmentConfig(crop=crop, pad=pad, hflip=config.hflip, mixup=config.mixup, cutmix=config.cutmix)
+    hflip = config.hflip if config.hflip is not None else (0.5 if mirror_invariant(config.data) else 0.0)
+    augment = AugmentConfig(crop=crop, pad=pad, hflip=hflip, mixup=config.mixup, cutmix=config.cutmix)
     return preprocessing, augment
 
 
