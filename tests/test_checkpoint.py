@@ -88,3 +88,53 @@ def test_tied_and_shared_tensors_can_be_written(tmp_path):
     write_tensors(tmp_path / "t.safetensors", {"a": shared, "b": shared, "c": shared[:3]}, {"k": 1})
     tensors, metadata, _ = read_tensors(tmp_path / "t.safetensors")
     assert metadata == {"k": 1} and torch.equal(tensors["c"], torch.arange(3.0))
+
+
+@pytest.mark.parametrize(
+    ("field", "edit", "message"),
+    [
+        ("classes", lambda d: d["classes"].reverse(), "classes differ"),
+        ("preprocessing", lambda d: d["preprocessing"].update(mean=[0.0, 0.0, 0.0]), "preprocessing differ"),
+        ("model_kwargs", lambda d: d["model_kwargs"].update(drop_rate=0.5), "model_kwargs differ"),
+        ("in_chans", lambda d: d.update(in_chans=1), "in_chans differ"),
+    ],
+)
+def test_a_hand_edited_model_json_is_refused(tmp_path, field, edit, message):
+    _saved(tmp_path)
+    path = tmp_path / "model.json"
+    description = json.loads(path.read_text())
+    edit(description)
+    path.write_text(json.dumps(description))
+    with pytest.raises(CheckpointError, match=f"does not describe the weights in model.safetensors: {message}"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"pretrained": True},
+        {"checkpoint_path": "elsewhere.pth"},
+        {"pretrained_cfg": {"url": "https://example.org/w.pth"}},
+        {"weights": "https://example.org/w.pth"},
+    ],
+)
+def test_model_keywords_that_reach_outside_the_run_are_refused_at_load(tmp_path, kwargs, monkeypatch):
+    import timm.models._hub as hub
+
+    _saved(tmp_path)
+    path = tmp_path / "model.json"
+    description = json.loads(path.read_text())
+    description["model_kwargs"] = kwargs
+    path.write_text(json.dumps(description))
+    monkeypatch.setattr(hub, "hf_hub_download", lambda *a, **k: pytest.fail("a download was attempted"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download was attempted"))
+    with pytest.raises(CheckpointError, match=r"model\.json: .* would download weights or read another file"):
+        load_model(tmp_path)
+
+
+def test_training_refuses_model_keywords_that_download():
+    from convforge import TrainConfig
+    from convforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--model-arg: pretrained=True would download.*--pretrained"):
+        TrainConfig(data="shapes", model_kwargs={"pretrained": True})

@@ -51,3 +51,14 @@ def test_metrics_skip_a_torn_last_line_and_drop_future_epochs(tmp_path):
     run.drop_epochs_after(1)
     assert [r["epoch"] for r in run.metrics("epoch")] == [1]
     assert run.metrics("eval")[0]["top1"] == 0.5
+
+
+def test_run_files_respect_the_umask_like_any_other_file(tiny_run):
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    written = [p for p in tiny_run.run.path.rglob("*") if p.is_file()]
+    assert {"run.json", "model.safetensors", "model.json", "last.safetensors"} <= {p.name for p in written}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(expected) for p in written}

@@ -4,7 +4,11 @@ A weights file is self-verifying: its safetensors header carries the model descr
 SHA-256 over every tensor's name, dtype, shape and bytes. Loading recomputes the digest, so a
 truncated file (safetensors refuses it) or a tampered one (digest mismatch) is rejected with a clear
 error instead of producing a silently wrong model. `model.json` beside the weights is the same
-description for people and tools; it must agree with the weights.
+description for people and tools; loading compares every field of it (architecture, classes,
+channels, preprocessing, model keywords) with the description in the weights' header and refuses a
+difference, so a hand-edited model.json cannot relabel predictions. The digest proves integrity, not
+provenance: a run folder from someone else is as trustworthy as its sender, so model keywords that
+would download or read other files (`pretrained`, `checkpoint_path`, URLs, file names) are refused.
 
 The training state (checkpoints/last.safetensors) holds the model, its EMA, the optimizer's tensors
 and, in the JSON metadata, everything else needed to resume bit for bit: epoch, step, optimizer
@@ -33,6 +37,11 @@ from convforge.models.factory import check_state_dict_fits, safetensors_metadata
 from convforge.runs import MODEL_FILE, WEIGHTS_FILE, atomic_write_bytes, atomic_write_json
 
 FORMAT = 1
+# Fields of model.json that must equal the weights' own description; a difference changes the model.
+SPEC_FIELDS = ("architecture", "num_classes", "in_chans", "classes", "preprocessing", "model_kwargs")
+# Model keywords that make building a model reach outside its run folder (downloads, other files).
+_OUTSIDE_KWARGS = ("pretrained", "checkpoint", "url", "file", "cache_dir", "hf_hub")
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".npz", ".h5", ".onnx", ".pkl")
 
 
 @dataclass
@@ -58,11 +67,38 @@ class ModelSpec:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def __post_init__(self) -> None:
+        check_self_contained_kwargs(self.model_kwargs, "model keywords")
+
     def build(self) -> nn.Module:
         """The architecture with freshly initialised weights (load_model fills them)."""
         return create_model(
             self.architecture, num_classes=self.num_classes, in_chans=self.in_chans, **self.model_kwargs
         )
+
+
+def check_self_contained_kwargs(kwargs: dict[str, Any], source: str) -> None:
+    """Refuse model keywords that would download weights or read files outside the run folder."""
+    for name, value in kwargs.items():
+        reaches_out = any(word in name.lower() for word in _OUTSIDE_KWARGS) and value not in (False, None)
+        texts = list(_strings(value))
+        if reaches_out or any("://" in t or t.lower().endswith(_WEIGHT_SUFFIXES) for t in texts):
+            raise CheckpointError(
+                f"{source}: {name}={value!r} would download weights or read another file when the model is "
+                "built; a trained model needs neither (its weights are in the run folder). Remove it "
+                "(train with --pretrained to start from official weights)"
+            )
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
 
 
 # ------------------------------------------------------------------------- tensor files
@@ -140,8 +176,10 @@ def read_model_spec(folder: str | os.PathLike) -> ModelSpec:
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {MODEL_FILE}: it holds no trained model yet")
     try:
-        return ModelSpec.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        data = json.loads(path.read_text())
+        check_self_contained_kwargs(data.get("model_kwargs") or {}, str(path))
+        return ModelSpec.from_dict(data)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path} is damaged ({exc})") from None
 
 
@@ -162,17 +200,31 @@ def load_model(
             f"{folder / MODEL_FILE} and {WEIGHTS_FILE} disagree (digest {str(recorded)[:12]} vs {digest[:12]}); "
             "one of them was replaced or modified"
         )
-    if (
-        description.get("architecture") != spec.architecture
-        or description.get("num_classes") != spec.num_classes
-    ):
-        raise CheckpointError(f"{folder / MODEL_FILE} does not describe the weights in {WEIGHTS_FILE}")
+    check_description_matches(spec, description, folder)
     if expect is not None:
         check_compatible(spec, expect, str(folder))
     model = spec.build()
     check_state_dict_fits(model, tensors, str(folder / WEIGHTS_FILE))
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), spec
+
+
+def check_description_matches(spec: ModelSpec, description: dict[str, Any], folder: Path) -> None:
+    """model.json must describe the very model its weights were saved as, field by field."""
+    recorded = spec.to_dict()
+    try:
+        saved = ModelSpec.from_dict(description).to_dict()
+    except (KeyError, TypeError, ValueError):
+        saved = description
+    differing = [name for name in SPEC_FIELDS if recorded.get(name) != saved.get(name)]
+    if differing:
+        name = differing[0]
+        raise CheckpointError(
+            f"{folder / MODEL_FILE} does not describe the weights in {WEIGHTS_FILE}: "
+            f"{', '.join(differing)} differ ({name} is {recorded.get(name)!r} in {MODEL_FILE} but "
+            f"{saved.get(name)!r} in the weights). {MODEL_FILE} was edited by hand or comes from another run; "
+            f"restore it from the run it belongs to"
+        )
 
 
 def check_compatible(found: ModelSpec, expected: ModelSpec, source: str) -> None:

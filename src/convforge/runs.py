@@ -16,6 +16,7 @@ previous version, never half of a new one.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -39,11 +40,23 @@ CHECKPOINTS_DIR = "checkpoints"
 REPORT_FILE = "report.html"
 
 
+@functools.cache
+def _file_mode() -> int:
+    """The mode `open()` would give a new file: 0666 less the umask (read once; reading it means
+    setting it, which is not thread-safe to repeat)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a whole file or nothing: temporary file, fsync, rename. The file gets the mode an
+    ordinary write would (mkstemp's 0600 would make a published run folder unreadable to others)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

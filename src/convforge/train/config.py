@@ -7,7 +7,8 @@ from typing import Any
 
 from timm.optim import list_optimizers
 
-from convforge.errors import ConfigError, did_you_mean
+from convforge.checkpoint import check_self_contained_kwargs
+from convforge.errors import CheckpointError, ConfigError, did_you_mean
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 # timm's schedules that step per update (plateau needs a metric each epoch, which this loop does not feed)
@@ -97,6 +98,10 @@ class TrainConfig:
                 problems.append(f"adv_steps must be at least 1, got {self.adv_steps}")
             if self.mixup > 0 or self.cutmix > 0:
                 problems.append("adversarial training attacks hard labels; turn off --mixup and --cutmix")
+        try:
+            check_self_contained_kwargs(self.model_kwargs, "--model-arg")
+        except CheckpointError as exc:
+            problems.append(str(exc))
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -31,10 +31,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where autocast pays off."""
+    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where autocast pays off.
+
+    oneDNN capped below its bf16 instruction sets (ONEDNN_MAX_CPU_ISA=AVX2, say, to reproduce an
+    AVX2-only machine) computes bf16 by conversion, slower than fp32, so the cap counts too."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
+        return False
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if cap not in ("ALL", "DEFAULT", "") and "BF16" not in cap and "AMX" not in cap:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
