@@ -43,13 +43,16 @@ def test_existing_folder_is_not_overwritten(tmp_path):
 def test_metrics_skip_a_torn_last_line_and_drop_future_epochs(tmp_path):
     run = Run.create(tmp_path / "r", command="c", stage="train", config={})
     for epoch in (1, 2, 3):
+        for step in (5, 10):
+            run.append_metrics({"kind": "step", "epoch": epoch, "step": step})
         run.append_metrics({"kind": "epoch", "epoch": epoch})
     run.append_metrics({"kind": "eval", "top1": 0.5})
     with open(run.path / "metrics.jsonl", "a") as handle:
         handle.write('{"kind": "epoch", "ep')  # a write cut off by a crash
     assert [r["epoch"] for r in run.metrics("epoch")] == [1, 2, 3]
-    run.drop_epochs_after(1)
+    run.drop_records_after(1, step=5)  # a checkpoint after epoch 1 and 5 steps of epoch 2
     assert [r["epoch"] for r in run.metrics("epoch")] == [1]
+    assert [(r["epoch"], r["step"]) for r in run.metrics("step")] == [(1, 5), (1, 10), (2, 5)]
     assert run.metrics("eval")[0]["top1"] == 0.5
 
 

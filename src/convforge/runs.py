@@ -196,9 +196,18 @@ class Run:
                 records.append(record)
         return records
 
-    def drop_epochs_after(self, epoch: int) -> None:
-        """Forget epoch records past `epoch` (used when resuming from the checkpoint of `epoch`)."""
-        kept = [r for r in self.metrics() if not (r.get("kind") == "epoch" and r.get("epoch", 0) > epoch)]
+    def drop_records_after(self, epoch: int, step: int = 0) -> None:
+        """Forget epoch and step records made after a checkpoint (`epoch` epochs and `step` more steps
+        done), which a resumed run will make again."""
+
+        def later(record: dict[str, Any]) -> bool:
+            if record.get("kind") == "epoch":
+                return record.get("epoch", 0) > epoch
+            if record.get("kind") == "step":
+                return (record["epoch"], record["step"]) > (epoch + 1, step)
+            return False
+
+        kept = [r for r in self.metrics() if not later(r)]
         atomic_write_bytes(
             self.path / METRICS_FILE,
             "".join(json.dumps(r, default=_json_default) + "\n" for r in kept).encode(),

@@ -89,7 +89,7 @@ def test_train_eval_predict_report(tmp_path):
         Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(images / f"{i}.png")
     (images / "broken.png").write_bytes(b"\x89PNG nope")
     predicted = invoke("predict", out, images, "--top-k", "2", "--json")
-    assert predicted.exit_code == 0, predicted.output
+    assert predicted.exit_code == 1, predicted.output  # one input failed: the table, then status 1
     rows = json.loads(predicted.output)
     assert len(rows) == 4
     good = [r for r in rows if r["error"] is None]
@@ -109,3 +109,68 @@ def test_eval_on_data_with_other_classes_names_both(tmp_path, tiny_run):
             Image.fromarray(np.full((32, 32, 3), 9 * i, np.uint8)).save(folder / name / f"{i}.png")
     result = invoke("eval", tiny_run.run.path, folder)
     _assert_user_error(result, "has 2 classes but the model was trained on 10", "apple")
+
+
+def test_predict_exits_0_when_every_image_was_read_and_names_the_pixel_limit(tmp_path, tiny_run):
+    image = tmp_path / "big.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(image)
+    assert invoke("predict", tiny_run.run.path, image, "--json").exit_code == 0
+    refused = invoke("predict", tiny_run.run.path, image, "--max-pixels", "5000", "--json")
+    assert refused.exit_code == 1
+    (row,) = json.loads(refused.output)
+    assert "over the limit of 5,000" in row["error"] and "--max-pixels" in row["error"]
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"convforge {version('convforge')}"
+
+
+def _class_folder(root, classes, per_class=3, size=32):
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((size, size, 3), 40 * c + i, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_eval_on_some_of_the_models_classes_evaluates_those_and_names_the_rest(tmp_path, tiny_run):
+    classes = tiny_run.run.info["data"]["classes"]
+    folder = _class_folder(tmp_path / "two", classes[:2])
+    result = invoke("eval", tiny_run.run.path, folder, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["images"] == 6 and data["missing_classes"] == classes[2:]
+    assert [k for k, v in data["per_class"].items() if v is not None] == classes[:2]
+    shown = invoke("eval", tiny_run.run.path, folder)
+    assert f"has no images of 8 of the model's 10 classes ({', '.join(classes[2:])}); evaluating on the other 2" \
+        in " ".join(shown.output.split())
+
+
+def test_eval_split_val_is_the_split_training_held_out(tmp_path):
+    data = "shapes:size=32,train=600,val=0,test=100"
+    out = tmp_path / "run"
+    args = ["train", data, "--model", TINY_MODEL, "--epochs", "2", "--batch-size", "64", "--out", out,
+            "--model-arg", f"channels={json.dumps(TINY_MODEL_KWARGS['channels'])}",
+            "--model-arg", f"stem_width={TINY_MODEL_KWARGS['stem_width']}",
+            "--val-fraction", "0.2", "--seed", "3"]  # fmt: skip
+    assert invoke(*args).exit_code == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["data"]["val_from_train"] == {"fraction": 0.2, "seed": 3} and info["data"]["splits"]["val"] == 120
+    evaluated = json.loads(invoke("eval", out, data, "--split", "val", "--json").output)
+    assert evaluated["images"] == 120
+    assert evaluated["top1"] == info["best_val_acc"]  # the very images (and weights) training validated on
+
+
+def test_tables_are_not_wrapped_at_80_columns_without_a_terminal(tiny_run):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    done = subprocess.run([sys.executable, "-m", "convforge", "eval", str(tiny_run.run.path), TINY_SHAPES],
+                          capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    weakest = next(line for line in done.stdout.splitlines() if "weakest classes" in line)
+    assert weakest.count("%") == 3 and "…" not in done.stdout

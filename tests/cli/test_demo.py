@@ -1,7 +1,7 @@
-"""`convforge demo`: the whole path in one command, reaching 95% on held-out shapes.
+"""`convforge demo`: the whole path in one command, reaching 97% on held-out shapes.
 
 The shapes data defeats a linear classifier on pixels (10.45%, tests/data/test_shapes.py); the
-demo's small CNN must reach at least 95% on the same 2,000 held-out images.
+demo's small CNN must reach at least 97% on 2,000 held-out images (measured 98.2-98.4% over seeds 0-2).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ def demo_run(demo_output):
     return demo_output[0]
 
 
-def test_demo_reaches_95_percent_and_says_what_next(demo_output):
+def test_demo_reaches_97_percent_and_says_what_next(demo_output):
     out, result = demo_output
     assert result.exit_code == 0, result.output
     test = json.loads((out / "run.json").read_text())["test"]
     assert test["split"] == "test" and test["images"] == 2000
-    assert test["top1"] >= 0.95
+    assert test["top1"] >= 0.97
     assert f"report      {out / 'report.html'}" in result.output
     assert "What to try next" in result.output and f"convforge predict {out}" in result.output
     assert (out / "report.html").is_file()
@@ -41,7 +41,7 @@ def test_demo_reaches_95_percent_and_says_what_next(demo_output):
 
 def test_demo_explanations_point_at_the_shapes(demo_run):
     """On the trained demo model, Grad-CAM's maps peak on the object far more often than a uniform
-    random map's (measured: 0.40 against 0.16 on 256 held-out shapes)."""
+    random map's (measured: 0.43 against 0.15 on 256 held-out shapes, on layer2's 6x6 map)."""
     record = [r for r in map(json.loads, (demo_run / "metrics.jsonl").read_text().splitlines())
               if r["kind"] == "explain"][-1]  # fmt: skip
     assert record["images"] == 256

@@ -109,3 +109,30 @@ def test_real_cifar10_jpeg_archive(shared_datasets):
     assert dataset.classes[:3] == ["airplane", "automobile", "bird"]
     assert len(dataset.train) == 50_000 and len(dataset.test) == 10_000
     assert dataset.image_shape == (32, 32, 3) and not dataset.skipped
+
+
+def test_limit_takes_a_stratified_subset_of_every_split_the_same_each_time(shared_datasets):
+    from convforge.data import absolute_spec
+
+    spec = f"fashion-mnist:{shared_datasets / 'fashion-mnist'},limit=500"
+    dataset = load_dataset(spec, val_fraction=0.1)
+    assert (len(dataset.train), len(dataset.val), len(dataset.test)) == (450, 50, 500)
+    assert np.bincount(dataset.test.labels).tolist() == [50] * 10  # stratified: every class its share
+    assert np.bincount(dataset.train.labels).tolist() == [45] * 10
+    again = load_dataset(spec, val_fraction=0.1, seed=7)  # the subset does not follow the run's seed
+    assert np.array_equal(again.test.indices, dataset.test.indices)
+    full = load_dataset(f"fashion-mnist:{shared_datasets / 'fashion-mnist'}")
+    assert dataset.fingerprint != full.fingerprint and dataset.spec == spec
+    assert np.array_equal(dataset.test.gather([0, 1]), full.test.gather(dataset.test.indices[:2]))
+    assert absolute_spec(spec) == spec and absolute_spec("shapes:size=32,limit=9") == "shapes:size=32,limit=9"
+
+
+def test_limit_keeps_class_shares_and_checks_its_value():
+    from convforge.data.spec import split_limit
+
+    dataset = load_dataset("shapes:size=16,train=300,val=0,test=0,classes=3,limit=31")
+    counts = np.bincount(dataset.train.labels)
+    assert counts.sum() == 31 and counts.max() - counts.min() <= 1
+    assert split_limit("shapes:limit=5") == ("shapes", 5) and split_limit("/data/a,b") == ("/data/a,b", None)
+    with pytest.raises(DatasetError, match="limit takes a whole number"):
+        load_dataset("shapes:size=16,limit=0")

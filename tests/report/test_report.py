@@ -35,3 +35,39 @@ def test_sections_without_data_are_left_out(tmp_path):
     run = Run.create(tmp_path / "bare", command="c", stage="train", config={})
     html = build_report(run.path).read_text()
     assert 'id="summary"' in html and 'id="training"' not in html
+
+
+def test_report_shows_what_a_timm_or_wandb_user_looks_for(tiny_run):
+    """Hyperparameters, a loss curve within epochs, augmented images, per-class precision/recall/F1,
+    the most confused pairs, calibration, images per class and split, and the run's times."""
+    import json
+
+    html = build_report(tiny_run.run.path).read_text()
+    for text in ("Hyperparameters", "label_smoothing", "What the model was trained on", "Most confused",
+                 "precision", "recall", "F1", "reliability diagram", "expected calibration error",
+                 "images per class and split", "wall time", 'alt="loss and accuracy every few steps"'):  # fmt: skip
+        assert text in html, text
+    steps = tiny_run.run.metrics("step")
+    epochs = len(tiny_run.run.metrics("epoch"))
+    assert len(steps) >= 9 * epochs and all(0 <= r["acc"] <= 1 and r["loss"] > 0 for r in steps)
+    ece = tiny_run.run.metrics("eval")[-1]["calibration"]["ece"]
+    assert f"{ece:.4f}" in html
+    info = json.loads((tiny_run.run.path / "run.json").read_text())
+    assert sum(info["data"]["class_counts"]["test"]) == info["data"]["splits"]["test"] == 300
+
+
+def test_class_metrics_and_confused_pairs_from_a_confusion_matrix():
+    import numpy as np
+    import pytest
+
+    from convforge.report.sections import class_metrics, confused_pairs
+
+    confusion = np.array([[8, 2, 0], [1, 9, 0], [0, 0, 0]])  # class c: no images, never predicted
+    rows = {r["class"]: r for r in class_metrics(confusion, ["a", "b", "c"])}
+    assert rows["a"]["precision"] == pytest.approx(8 / 9) and rows["a"]["recall"] == pytest.approx(0.8)
+    assert rows["a"]["f1"] == pytest.approx(2 * (8 / 9) * 0.8 / (8 / 9 + 0.8))
+    assert rows["c"]["precision"] is None and rows["c"]["recall"] is None and rows["c"]["f1"] is None
+    assert confused_pairs(confusion, ["a", "b", "c"]) == [
+        {"true": "a", "predicted": "b", "images": 2, "share": 0.2},
+        {"true": "b", "predicted": "a", "images": 1, "share": 0.1},
+    ]

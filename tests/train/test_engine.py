@@ -223,3 +223,14 @@ def test_without_a_terminal_training_prints_plain_progress_lines():
     lines = stream.getvalue().splitlines()
     assert [line.split("  ")[1] for line in lines] == ["step 10/25", "step 20/25"]
     assert lines[0].startswith("epoch 1/3  step 10/25  loss 0.1000  acc 0.500  640 img/s  epoch ETA 0:")
+
+
+def test_checkpoint_every_reads_durations_and_refuses_nonsense():
+    from convforge.train.position import parse_duration
+    from tests.helpers import invoke
+
+    assert [parse_duration(t) for t in ("10m", "90s", "1.5h", "45", "off", "0")] == [600, 90, 5400, 45, None, None]
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("soon")
+    result = invoke("train", "shapes", "--checkpoint-every", "soon")
+    assert result.exit_code == 2 and "--checkpoint-every: not a duration: 'soon'" in result.output

@@ -5,18 +5,40 @@ Click already answers a mistyped command or option with "Did you mean ...?".
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
     name="convforge",
-    help="The whole life of a convolutional vision model: build, train, explain, stress, compress, "
-    "measure, export and serve it. Start with `convforge demo`.",
+    # Only what the commands below do; compress, measure, export and serve join as they arrive.
+    help="Build a convolutional vision model from a zoo of architectures, train it on your images, "
+    "evaluate it, explain what it looks at and stress it with attacks and corruptions; one run folder "
+    "keeps its whole history. Start with `convforge demo`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version  # the installed version, without importing torch
+
+        typer.echo(f"convforge {version('convforge')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Options of `convforge` itself (before the command)."""
 
 
 def _register() -> None:

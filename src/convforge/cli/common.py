@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
@@ -20,6 +21,12 @@ from convforge.train.evaluate import EvalResult
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+MaxPixelsOption = Annotated[
+    int,
+    typer.Option(help="Refuse images that declare more pixels than this (decompression bombs).", min=1),
+]
+# Without a terminal rich would wrap tables at 80 columns; a log file or a pipe has no width to respect.
+_PLAIN_WIDTH = 200
 
 
 class Output:
@@ -29,8 +36,8 @@ class Output:
         self.quiet = quiet or as_json
         self.as_json = as_json
         # soft_wrap: paths and commands stay on one line, whatever the terminal width.
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = console(stderr=False)
+        self.err = console(stderr=True)
         _show_library_log(self.err, enabled=not self.quiet)
 
     def message(self, text: str) -> None:
@@ -47,6 +54,13 @@ class Output:
             sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
         elif text:
             self.out.print(text)
+
+
+def console(stderr: bool) -> Console:
+    """A console as wide as the terminal, or _PLAIN_WIDTH columns when there is none (COLUMNS wins)."""
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal or os.environ.get("COLUMNS") else _PLAIN_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def _show_library_log(console: Console, enabled: bool) -> None:
@@ -111,6 +125,8 @@ def eval_table(result: EvalResult, title: str) -> Table:
     table.add_row("top-1", percent(result.top1))
     table.add_row(f"top-{result.topk}", percent(result.top5))
     table.add_row("loss", f"{result.loss:.4f}")
+    if result.calibration is not None:
+        table.add_row("calibration error (ECE)", f"{result.calibration['ece']:.4f}")
     worst = sorted((v, k) for k, v in result.per_class.items() if v is not None)[:3]
     table.add_row("weakest classes", ", ".join(f"{k} {percent(v)}" for v, k in worst))
     return table

@@ -8,11 +8,20 @@ from typing import Annotated
 import typer
 
 from convforge.checkpoint import load_model
-from convforge.cli.common import DeviceOption, JsonOption, Output, QuietOption, eval_table, user_errors
-from convforge.data import load_dataset
+from convforge.cli.common import (
+    DeviceOption,
+    JsonOption,
+    MaxPixelsOption,
+    Output,
+    QuietOption,
+    eval_table,
+    user_errors,
+)
+from convforge.data import absolute_spec, load_dataset
+from convforge.data.decode import DEFAULT_MAX_PIXELS
 from convforge.errors import DatasetError
 from convforge.runs import Run
-from convforge.train.evaluate import align_classes, evaluate
+from convforge.train.evaluate import align_classes, evaluate, missing_classes
 from convforge.train.samples import save_prediction_samples
 from convforge.train.setup import resolve_amp, resolve_device
 
@@ -22,18 +31,24 @@ def eval_command(
     run_path: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder with a trained model.")],
     data: Annotated[str, typer.Argument(help="Dataset spec (same forms as convforge train).")],
     split: Annotated[
-        str | None, typer.Option(help="train, val or test (default: test, else val, else all).")
+        str | None,
+        typer.Option(
+            help="train, val or test (default: test, else val, else all). On the run's own training data, "
+            "val is the validation split training held out of train."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 256,
     amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off.")] = "auto",
     device: DeviceOption = "auto",
     strict: Annotated[bool, typer.Option(help="Stop on unreadable images instead of skipping them.")] = False,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a run's model: top-1, top-5, per-class accuracy and confusion matrix.
 
-    The result is appended to the run's metrics.jsonl and shows up in its report.
+    The result is appended to the run's metrics.jsonl and shows up in its report. Data with only some
+    of the model's classes is evaluated on those (matched by name); the others are named.
 
     Example: convforge eval runs/resnet18 cifar10:data/cifar10-jpg.tar.gz --split test
     """
@@ -41,11 +56,20 @@ def eval_command(
     run = Run.open(run_path)
     target_device = resolve_device(device)
     model, spec = load_model(run.path, device=target_device)
-    dataset = load_dataset(data, strict=strict, channels=spec.in_chans)
+    dataset = load_dataset(
+        data, strict=strict, channels=spec.in_chans, max_pixels=max_pixels, **_training_val_split(run, data, split)
+    )
     if split is not None and split not in dataset.splits:
         raise DatasetError(f"{data} has no {split!r} split; it has {sorted(dataset.splits)}")
     imageset = dataset.splits[split] if split else dataset.eval_split()
     imageset = align_classes(imageset, spec.classes, data)
+    missing = missing_classes(dataset.classes, spec.classes)
+    if missing:
+        output.message(
+            f"[yellow]{data} has no images of {len(missing)} of the model's {len(spec.classes)} classes[/yellow] "
+            f"({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}); evaluating on the other "
+            f"{len(spec.classes) - len(missing)}"
+        )
     if dataset.skipped:
         output.message(f"[yellow]skipped {len(dataset.skipped)} unreadable image(s)[/yellow]")
     result = evaluate(
@@ -57,13 +81,38 @@ def eval_command(
         amp_dtype=resolve_amp(amp, target_device),
     )
     run.append_metrics(
-        {"kind": "eval", "data": data, "skipped_files": len(dataset.skipped), **result.to_dict()}
+        {
+            "kind": "eval",
+            "data": absolute_spec(data),
+            "skipped_files": len(dataset.skipped),
+            "missing_classes": missing,
+            **result.to_dict(),
+        }
     )
     save_prediction_samples(run, imageset, result)
     output.table(eval_table(result, title=f"{run.path} on {data}"))
     output.result(
-        {"run": str(run.path), "data": data, "skipped_files": len(dataset.skipped), **result.to_dict()}
+        {
+            "run": str(run.path),
+            "data": data,
+            "skipped_files": len(dataset.skipped),
+            "missing_classes": missing,
+            **result.to_dict(),
+        }
     )
+
+
+def _training_val_split(run: Run, data: str, split: str | None) -> dict:
+    """On the run's own training data, --split val means the validation split training carved out of
+    train (same fraction, same seed), as recorded in run.json."""
+    info = run.info
+    config = info.get("config", {})
+    if split != "val" or info.get("stage") != "train" or absolute_spec(data) != config.get("data"):
+        return {}
+    carved = (info.get("data") or {}).get("val_from_train")
+    if carved is None:  # runs from before the split was recorded: their config says how it was drawn
+        carved = {"fraction": config.get("val_fraction", 0.0), "seed": config.get("seed", 0)}
+    return {"val_fraction": carved["fraction"], "seed": carved["seed"]}
 
 
 def register(app: typer.Typer) -> None:

@@ -14,11 +14,11 @@ from rich.table import Table
 
 from convforge.checkpoint import ModelSpec, load_model
 from convforge.cli.common import DeviceOption, JsonOption, Output, QuietOption, user_errors
-from convforge.data import load_dataset
+from convforge.data import absolute_spec, load_dataset
 from convforge.data.decode import decode_image
 from convforge.data.folder import is_archive
 from convforge.data.imageset import ImageSet
-from convforge.data.spec import SCHEMES
+from convforge.data.spec import SCHEMES, split_limit
 from convforge.data.transforms import eval_transform
 from convforge.deploy import expand_image_paths
 from convforge.errors import ConfigError, DatasetError, ImageDecodeError
@@ -53,9 +53,9 @@ def is_dataset_spec(items: list[str]) -> bool:
     folders. Anything else is image files or folders of images."""
     if len(items) != 1:
         return False
-    item = items[0]
+    item = split_limit(items[0])[0]
     match = re.match(r"^([a-z][a-z0-9-]*)(:|$)", item, re.IGNORECASE)
-    if match and match.group(1).lower() in SCHEMES and not Path(item).exists():
+    if match and match.group(1).lower() in SCHEMES and not Path(items[0]).exists():
         return True
     path = Path(item)
     return (path.is_file() and is_archive(path)) or (path.is_dir() and any(p.is_dir() for p in path.iterdir()))
@@ -103,7 +103,7 @@ def dataset_inputs(
     return ExplainInputs(
         images=images,
         names=[f"{sample.imageset.name}-{int(p):05d}" for p in sample.positions],
-        source=spec_text,
+        source=absolute_spec(spec_text),  # the report names the data wherever it is read from
         split=sample.imageset.name,
         labels=torch.from_numpy(sample.labels).to(device),
         masks=_masks_for(masks, images) if masks is not None else None,

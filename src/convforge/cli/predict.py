@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from convforge.checkpoint import load_model
-from convforge.cli.common import DeviceOption, JsonOption, Output, QuietOption, user_errors
+from convforge.cli.common import DeviceOption, JsonOption, MaxPixelsOption, Output, QuietOption, user_errors
+from convforge.data.decode import DEFAULT_MAX_PIXELS
 from convforge.deploy import expand_image_paths, predict_files
 from convforge.runs import Run
 from convforge.train.setup import resolve_amp, resolve_device
@@ -24,10 +25,14 @@ def predict_command(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image.")] = 3,
     amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off.")] = "auto",
     device: DeviceOption = "auto",
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Predict the classes of images with a run's model.
+
+    An image that cannot be read gets its reason in the table instead of classes; the others are still
+    predicted, and the command then exits with status 1 (2 for a usage mistake, 0 when all were read).
 
     Example: convforge predict runs/demo photo1.jpg photos/ --top-k 3
     """
@@ -37,7 +42,13 @@ def predict_command(
     model, spec = load_model(run.path, device=target_device)
     files = expand_image_paths(images)
     predictions = predict_files(
-        model, spec, files, top_k=top_k, device=target_device, amp_dtype=resolve_amp(amp, target_device)
+        model,
+        spec,
+        files,
+        top_k=top_k,
+        device=target_device,
+        amp_dtype=resolve_amp(amp, target_device),
+        max_pixels=max_pixels,
     )
     table = Table(title=f"{run.path}: {len(files)} image(s)")
     table.add_column("image", overflow="fold")
@@ -52,6 +63,8 @@ def predict_command(
     if failed:
         output.message(f"[yellow]{failed} of {len(files)} image(s) could not be read[/yellow]")
     output.result([p.to_dict() for p in predictions])
+    if failed:
+        raise typer.Exit(code=1)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,7 @@ from rich.table import Table
 from convforge.checkpoint import ModelSpec, load_model
 from convforge.cli.common import DeviceOption, JsonOption, Output, QuietOption, percent, user_errors
 from convforge.cli.explain import sample_split
+from convforge.data import absolute_spec
 from convforge.data.shapes import SHAPE_CLASSES, ShapesConfig
 from convforge.data.transforms import pixel_transform
 from convforge.errors import ConfigError, RunFolderError
@@ -96,7 +97,9 @@ def robustness_card(
     pixel_model = PixelSpaceModel(model, spec.preprocessing.mean, spec.preprocessing.std)
     with model_prepared(model):
         clean = accuracy(pixel_model, pixels, labels, batch_size)
-        card = RobustnessCard(data, sample.imageset.name, len(labels), clean, skipped_files=sample.skipped)
+        card = RobustnessCard(
+            absolute_spec(data), sample.imageset.name, len(labels), clean, skipped_files=sample.skipped
+        )
         if attacks:
             card.attacks = evaluate_attacks(pixel_model, pixels, labels, list(attacks), [0.0, *epsilons],
                                             steps=steps, batch_size=batch_size, seed=seed)  # fmt: skip

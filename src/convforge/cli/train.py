@@ -10,6 +10,7 @@ import typer
 from convforge.cli.common import (
     DeviceOption,
     JsonOption,
+    MaxPixelsOption,
     Output,
     QuietOption,
     eval_table,
@@ -86,6 +87,7 @@ def train_command(
         float, typer.Option(help="Share of train held out for validation when the data has no val split.")
     ] = _D.val_fraction,
     strict: Annotated[bool, typer.Option(help="Stop on unreadable images instead of skipping them.")] = False,
+    max_pixels: MaxPixelsOption = _D.max_pixels,
     pretrained: Annotated[
         bool, typer.Option(help="Start from the official weights (downloads them).")
     ] = False,
@@ -163,6 +165,7 @@ def train_command(
         deterministic=deterministic,
         val_fraction=val_fraction,
         strict=strict,
+        max_pixels=max_pixels,
         workers=workers,
         adv=adv,
         adv_eps=parse_epsilon(eps) if adv else _D.adv_eps,

@@ -113,7 +113,7 @@ def _bomb_message(width: int | None, height: int | None, max_pixels: int) -> str
     declared = f"declares {width}x{height} pixels" if width else "declares too many pixels"
     return (
         f"{declared}, over the limit of {max_pixels:,} (a decompression bomb?); "
-        "if the file is genuine, resize it or raise max_pixels"
+        "if the file is genuine, resize it or raise the limit (--max-pixels, or max_pixels= in Python)"
     )
 
 

@@ -137,6 +137,7 @@ class Dataset:
     ignored_files: int = 0
     empty_classes: list[str] = field(default_factory=list)
     cache_path: str | None = None
+    val_from_train: dict | None = None  # {"fraction", "seed"} when val was carved out of train
 
     @property
     def num_classes(self) -> int:
@@ -175,6 +176,8 @@ class Dataset:
             "classes": self.classes,
             "image_shape": list(self.image_shape),
             "splits": {name: len(split) for name, split in self.splits.items()},
+            "class_counts": {name: split.class_counts().tolist() for name, split in self.splits.items()},
+            "val_from_train": self.val_from_train,
             "streaming": any(split.streaming for split in self.splits.values()),
             "fingerprint": self.fingerprint,
             "skipped_files": len(self.skipped),

@@ -3,7 +3,9 @@
 Specs (DESIGN.md, Datasets): a folder (ImageFolder, optional train/ val/ test/ splits) or a
 .tar/.tar.gz of one, `mnist:PATH`, `fashion-mnist:PATH`, `cifar10:PATH` (python batches, an
 ImageFolder, or the .tar.gz of one), `csv:FILE` (path,label[,split] rows) and the built-in `shapes`
-(options as `shapes:size=32,train=2000,seed=1`). Nothing is ever downloaded.
+(options as `shapes:size=32,train=2000,seed=1`). Nothing is ever downloaded. Any spec takes a last
+option `,limit=N`: at most N images per split, drawn stratified by class with a fixed seed (the same
+subset every time, whatever the run's seed), for a small first run on a large dataset.
 
 Files are decoded once into the memory-mapped cache (data/cache.py). A dataset whose decoded size
 exceeds the memory budget (half the available memory unless told otherwise) is not cached but
@@ -66,25 +68,29 @@ def load_dataset(
         raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if channels not in (None, 1, 3):
         raise DatasetError(f"channels must be 1 or 3, got {channels}")
-    scheme, target = _parse(spec)
+    body, limit = split_limit(spec)
+    scheme, target = _parse(body)
     budget = memory_budget if memory_budget is not None else default_memory_budget()
     if scheme == "shapes":
-        dataset = _load_shapes(spec, target)
+        dataset = _load_shapes(body, target)
     elif scheme in ("mnist", "fashion-mnist"):
-        dataset = _load_idx(spec, Path(target).expanduser(), scheme)
+        dataset = _load_idx(body, Path(target).expanduser(), scheme)
     elif scheme == "cifar10" and (batches := arrays.is_cifar_batches(Path(target).expanduser())):
-        dataset = _load_cifar_batches(spec, batches)
+        dataset = _load_cifar_batches(body, batches)
     elif scheme == "csv":
         listing = list_csv(Path(target).expanduser())
-        dataset = _load_files(spec, listing, channels or 3, storage_size, max_pixels, budget, workers, strict)
+        dataset = _load_files(body, listing, channels or 3, storage_size, max_pixels, budget, workers, strict)
     else:  # a folder, an archive, or cifar10: pointing at either
         path = Path(target).expanduser()
-        dataset = _load_archive_from_cache(spec, path, channels or 3, storage_size, max_pixels)
+        dataset = _load_archive_from_cache(body, path, channels or 3, storage_size, max_pixels)
         if dataset is None:
             listing = list_image_folder(path)
             dataset = _load_files(
-                spec, listing, channels or 3, storage_size, max_pixels, budget, workers, strict
+                body, listing, channels or 3, storage_size, max_pixels, budget, workers, strict
             )
+    if limit is not None:
+        dataset = limit_splits(dataset, limit)
+        dataset.spec = spec
     dataset.splits = {name: dataset.splits[name] for name in sorted(dataset.splits, key=_SPLIT_ORDER.index)}
     if channels is not None and dataset.channels != channels:
         raise DatasetError(f"{spec} has {dataset.channels}-channel images; it cannot be read with {channels}")
@@ -102,7 +108,50 @@ def load_dataset(
             "val": val,
             **{k: v for k, v in dataset.splits.items() if k != "train"},
         }
+        dataset.val_from_train = {"fraction": val_fraction, "seed": seed}
     return dataset
+
+
+def split_limit(spec: str) -> tuple[str, int | None]:
+    """`X,limit=N` (or `shapes:limit=N`) -> (`X`, N); a spec without the option -> (spec, None)."""
+    head, comma, last = spec.rpartition(",")
+    if not comma:
+        prefix = "shapes:"
+        if not spec.startswith(prefix):
+            return spec, None
+        head, last = "shapes", spec[len(prefix) :]
+    name, equals, value = last.partition("=")
+    if name.strip() != "limit" or not equals:
+        return spec, None
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise DatasetError(f"limit takes a whole number of images per split (at least 1), got {value!r} in {spec!r}")
+    return head, limit
+
+
+def limit_splits(dataset: Dataset, limit: int) -> Dataset:
+    """At most `limit` images in each split, stratified by class, always the same ones."""
+    dataset.splits = {name: stratified_subset(split, limit) for name, split in dataset.splits.items()}
+    dataset.fingerprint = f"{dataset.fingerprint}-limit{limit}"
+    return dataset
+
+
+def stratified_subset(split: ImageSet, count: int, seed: int = 0) -> ImageSet:
+    """`count` images of `split` whose class shares match the split's (largest remainders), seeded."""
+    if count >= len(split):
+        return split
+    counts = split.class_counts()
+    quota = counts * count / len(split)
+    take = np.floor(quota).astype(np.int64)
+    short = count - int(take.sum())
+    take[np.argsort(-(quota - take), kind="stable")[:short]] += 1
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(split.labels)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in enumerate(take) if n]
+    return split.subset(np.sort(np.concatenate(chosen)), split.name)
 
 
 def _parse(spec: str) -> tuple[str, str]:
@@ -123,17 +172,19 @@ def _parse(spec: str) -> tuple[str, str]:
 
 def absolute_spec(spec: str) -> str:
     """The same spec with its path made absolute, so a run folder can be resumed from anywhere."""
-    scheme, target = _parse(spec)
+    body, limit = split_limit(spec)
+    scheme, target = _parse(body)
     if scheme == "shapes":
         return spec
     path = str(Path(target).expanduser().resolve())
-    return path if scheme == "folder" else f"{scheme}:{path}"
+    absolute = path if scheme == "folder" else f"{scheme}:{path}"
+    return absolute if limit is None else f"{absolute},limit={limit}"
 
 
 def mirror_invariant(spec: str) -> bool:
     """Whether a mirrored image keeps its class: not for digits (a mirrored 2, 3, 7 is no digit),
     so horizontal flips are off by default for `mnist:` data."""
-    scheme, _ = _parse(spec)
+    scheme, _ = _parse(split_limit(spec)[0])
     return scheme != "mnist"
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from convforge.checkpoint import ModelSpec
-from convforge.data.decode import decode_image, is_image_file
+from convforge.data.decode import DEFAULT_MAX_PIXELS, decode_image, is_image_file
 from convforge.data.transforms import eval_transform
 from convforge.errors import DatasetError, ImageDecodeError
 from convforge.train.evaluate import autocast_context
@@ -55,6 +55,7 @@ def predict_files(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     batch_size: int = 64,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[Prediction]:
     """Predict every file in `paths`; files that cannot be decoded get an `error` instead of classes."""
     device = torch.device(device)
@@ -81,7 +82,7 @@ def predict_files(
 
     for index, path in enumerate(paths):
         try:
-            image = decode_image(path, mode=mode)
+            image = decode_image(path, mode=mode, max_pixels=max_pixels)
         except ImageDecodeError as exc:
             results[index] = Prediction(path, None, exc.reason)
             continue

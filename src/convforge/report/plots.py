@@ -28,11 +28,13 @@ def figure_to_data_uri(figure: plt.Figure) -> str:
     return png_data_uri(figure_to_png(figure))
 
 
-def line_chart(series: dict[str, tuple[list[float], list[float]]], title: str, ylabel: str) -> str:
-    """Several (x, y) series on one axis."""
+def line_chart(
+    series: dict[str, tuple[list[float], list[float]]], title: str, ylabel: str, markers: bool = True
+) -> str:
+    """Several (x, y) series on one axis, x in epochs."""
     figure, axis = plt.subplots(figsize=(5.2, 3.2))
     for label, (x, y) in series.items():
-        axis.plot(x, y, marker="o", markersize=3, label=label)
+        axis.plot(x, y, marker="o" if markers else None, markersize=3, label=label)
     axis.set_title(title)
     axis.set_xlabel("epoch")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -66,6 +68,25 @@ def confusion_matrix_chart(confusion: np.ndarray, classes: list[str]) -> str:
     return figure_to_data_uri(figure)
 
 
+def reliability_diagram(bins: list[dict]) -> str:
+    """Accuracy against confidence per bin (Guo et al. 2017); the diagonal is perfect calibration,
+    bars below it are overconfidence. Bar labels count the images in each bin."""
+    figure, axis = plt.subplots(figsize=(4.2, 4.0))
+    axis.plot([0, 1], [0, 1], linestyle="--", color="#888", linewidth=1, label="perfectly calibrated")
+    for row in bins:
+        width = row["upper"] - row["lower"]
+        axis.bar(row["lower"], row["accuracy"], width=width, align="edge", color="#4c78a8", edgecolor="white")
+        axis.plot(row["lower"] + width / 2, row["confidence"], "o", color="#e45756", markersize=3)
+        axis.text(row["lower"] + width / 2, row["accuracy"] + 0.01, str(row["count"]), ha="center", fontsize=6)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.08)
+    axis.set_xlabel("confidence (red: mean in bin)")
+    axis.set_ylabel("accuracy")
+    axis.set_title("reliability diagram")
+    axis.legend(loc="upper left", fontsize=7)
+    return figure_to_data_uri(figure)
+
+
 def bar_chart(labels: list[str], values: list[float], title: str, xlabel: str) -> str:
     """Horizontal bars, lowest value on top (the weakest classes are what one looks for)."""
     order = np.argsort(values)
@@ -85,7 +106,8 @@ def image_grid(images: np.ndarray, captions: list[str], colors: list[str], colum
 
 
 def image_grid_figure(images: np.ndarray, captions: list[str], colors: list[str], columns: int = 8) -> plt.Figure:
-    """uint8 NHWC images in a grid, each with a coloured caption."""
+    """uint8 NHWC images in a grid, each with a coloured caption (no wider than the images need)."""
+    columns = max(1, min(columns, len(images)))
     rows = int(np.ceil(len(images) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75), squeeze=False)
     for axis in axes.flat:

@@ -54,12 +54,19 @@ def summary(run: Run) -> dict[str, Any]:
     info = run.info
     model = _model_description(run)
     lineage = [{"name": r.name, "path": str(r.path), "stage": r.info.get("stage")} for r in run.lineage()]
+    data = info.get("data") or {}
+    counts = data.get("class_counts") or {}
+    classes = data.get("classes", []) if counts else []
+    class_table = [{"class": name, "counts": [counts[split][i] for split in counts]} for i, name in enumerate(classes)]
     return {
         "info": info,
         "model": model,
         "lineage": lineage,
         "test": info.get("test"),
-        "data": info.get("data") or {},
+        "data": data,
+        "class_splits": list(counts),
+        "class_table": class_table,
+        "resumes": info.get("resumes", []),
     }
 
 
@@ -76,7 +83,11 @@ def training(run: Run) -> dict[str, Any] | None:
         loss["val"] = ([r["epoch"] for r in with_val], [r["val_loss"] for r in with_val])
         accuracy["val"] = ([r["epoch"] for r in with_val], [r["val_acc"] for r in with_val])
     seeds = run.metrics("seeds")
+    config = run.info.get("config") or {}
     return {
+        "hyperparameters": sorted((k, v) for k, v in config.items() if k != "data"),
+        "step_chart": _step_chart(run.metrics("step")),
+        "augmented_grid": _augmented_grid(run),
         "loss_chart": plots.line_chart(loss, "loss", "cross-entropy"),
         "accuracy_chart": plots.line_chart(accuracy, "accuracy", "top-1"),
         "lr_chart": plots.line_chart(
@@ -88,6 +99,68 @@ def training(run: Run) -> dict[str, Any] | None:
     }
 
 
+def _step_chart(steps: list[dict[str, Any]]) -> str | None:
+    """Loss and accuracy every few steps, against fractional epochs. Each point is the mean of a window
+    of steps, placed at the window's middle (at its end the curve would lag the training by half a window)."""
+    if len(steps) < 2:
+        return None
+    last_step: dict[int, int] = {}
+    for record in steps:
+        last_step[record["epoch"]] = max(last_step.get(record["epoch"], 0), record["step"])
+    x = [r["epoch"] - 1 + (r["step"] - r["steps"] / 2) / last_step[r["epoch"]] for r in steps]
+    return plots.line_chart(
+        {"train loss": (x, [r["loss"] for r in steps]), "train accuracy": (x, [r["acc"] for r in steps])},
+        f"training curve ({len(steps)} points, each the mean of the steps since the last)",
+        "loss / accuracy",
+        markers=False,
+    )
+
+
+def _augmented_grid(run: Run) -> str | None:
+    from convforge.train.samples import load_augmented_samples
+
+    samples = load_augmented_samples(run)
+    classes = (run.info.get("data") or {}).get("classes")
+    if samples is None or not classes:
+        return None
+    captions = [classes[int(label)] for label in samples["labels"]]
+    return plots.image_grid(samples["images"], captions, ["#444"] * len(captions))
+
+
+def class_metrics(confusion: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    """Precision, recall and F1 per class from a confusion matrix (rows true, columns predicted);
+    None where a class has no true image (recall) or was never predicted (precision)."""
+    true_positive = np.diag(confusion).astype(np.float64)
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    rows = []
+    for i, name in enumerate(classes):
+        precision = true_positive[i] / predicted[i] if predicted[i] else None
+        recall = true_positive[i] / support[i] if support[i] else None
+        if precision is None or recall is None:
+            f1 = None
+        else:
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(support[i])})
+    return rows
+
+
+def confused_pairs(confusion: np.ndarray, classes: list[str], count: int = 5) -> list[dict[str, Any]]:
+    """The most frequent mistakes: (true class, predicted class, images, share of the true class)."""
+    off_diagonal = confusion.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    order = np.argsort(-off_diagonal, axis=None, kind="stable")[:count]
+    support = confusion.sum(axis=1)
+    pairs = []
+    for flat in order:
+        true, predicted = np.unravel_index(flat, confusion.shape)
+        if off_diagonal[true, predicted] == 0:
+            break
+        images = int(off_diagonal[true, predicted])
+        pairs.append({"true": classes[true], "predicted": classes[predicted], "images": images,
+                      "share": images / support[true]})  # fmt: skip
+    return pairs
+
+
 @section("evaluation", "Evaluation", order=30)
 def evaluation(run: Run) -> dict[str, Any] | None:
     evals = run.metrics("eval")
@@ -96,7 +169,12 @@ def evaluation(run: Run) -> dict[str, Any] | None:
     latest = evals[-1]
     confusion = np.asarray(latest["confusion"], dtype=np.int64)
     per_class = {k: v for k, v in latest["per_class"].items() if v is not None}
+    calibration = latest.get("calibration")
     return {
+        "class_metrics": class_metrics(confusion, latest["classes"]),
+        "confused_pairs": confused_pairs(confusion, latest["classes"]),
+        "calibration": calibration,
+        "reliability_chart": plots.reliability_diagram(calibration["bins"]) if calibration else None,
         "latest": latest,
         "history": evals,
         "confusion_chart": plots.confusion_matrix_chart(confusion, latest["classes"]),

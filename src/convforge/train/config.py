@@ -8,6 +8,7 @@ from typing import Any
 from timm.optim import list_optimizers
 
 from convforge.checkpoint import check_self_contained_kwargs
+from convforge.data.decode import DEFAULT_MAX_PIXELS
 from convforge.errors import CheckpointError, ConfigError, did_you_mean
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -52,6 +53,7 @@ class TrainConfig:
     deterministic: bool = False
     val_fraction: float = 0.1
     strict: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images declaring more pixels are refused (decompression bombs)
     workers: int | None = None
     eval_batch_size: int = 256
     checkpoint_every: float | None = 600.0  # seconds between mid-epoch checkpoints (None: epoch ends only)

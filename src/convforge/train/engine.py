@@ -35,7 +35,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from convforge.checkpoint import ModelSpec, load_model, load_train_state, save_model, save_train_state
-from convforge.data import Dataset, absolute_spec, load_dataset
+from convforge.data import Dataset, absolute_spec
 from convforge.data.loader import BatchLoader
 from convforge.data.transforms import TrainAugment
 from convforge.errors import RunFolderError, TrainingDiverged, UserError
@@ -53,9 +53,10 @@ from convforge.train.config import TrainConfig
 from convforge.train.evaluate import EvalResult, autocast_context, evaluate
 from convforge.train.position import CheckpointClock, EpochPosition, capture_rng, restore_rng
 from convforge.train.progress import TrainProgress
-from convforge.train.samples import save_prediction_samples
+from convforge.train.samples import save_augmented_samples, save_prediction_samples
 from convforge.train.setup import (
     epoch_seed,
+    load_training_data,
     resolve_amp,
     resolve_device,
     resolve_preprocessing,
@@ -63,6 +64,7 @@ from convforge.train.setup import (
 )
 
 LAST_CHECKPOINT = "last.safetensors"
+CURVE_POINTS_PER_EPOCH = 10  # "step" records in metrics.jsonl: the report's loss curve within epochs
 
 
 @dataclass
@@ -144,13 +146,7 @@ class _Trainer:
         config = self.config
         set_deterministic(config.deterministic)
         if self.dataset is None:
-            self.dataset = load_dataset(
-                config.data,
-                val_fraction=config.val_fraction,
-                seed=config.seed,
-                strict=config.strict,
-                workers=config.workers,
-            )
+            self.dataset = load_training_data(config)
         data = self.dataset
         if data.train is None or len(data.train) == 0:
             raise UserError(f"{config.data} has no training images")
@@ -255,7 +251,7 @@ class _Trainer:
         )
         self.train_seconds = state.get("train_seconds", 0.0)
         self.position = EpochPosition.from_state(state, state["extra_tensors"])
-        run.drop_epochs_after(self.start_epoch)
+        run.drop_records_after(self.start_epoch, self.position.step if self.position else 0)
         step = self.position.step if self.position else 0
         resumes = [*run.info.get("resumes", []), {"epoch": self.start_epoch, "step": step}]
         run.update(status="running", resumes=resumes, error=None)
@@ -386,10 +382,14 @@ class _Trainer:
         loss_sum = torch.tensor(position.loss_sum, device=self.device)
         correct = torch.tensor(position.correct, device=self.device, dtype=torch.long)
         seen, seen_before, started = position.seen, position.seen, time.perf_counter()
+        window = (position.step, 0.0, 0, 0)  # loss curve: (first step, loss sum, correct, seen) since the last point
+        curve_every = max(1, round(steps / CURVE_POINTS_PER_EPOCH))
         self.progress.start_epoch(epoch + 1, config.epochs, steps)
         batches = self.train_loader.batches(seed, start=position.step)
         for step, (images, labels, _) in enumerate(batches, start=position.step + 1):
             inputs, targets = self.augment(images, labels, generator)
+            if epoch == 0 and step == 1:
+                save_augmented_samples(self.run, inputs, targets, self.preprocessing)
             if self.adversary is not None:
                 with autocast_context(self.device, self.amp_dtype):
                     inputs = self.adversary.perturb(self.step_model, inputs, labels, generator)
@@ -401,6 +401,9 @@ class _Trainer:
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(dim=1) == hard).sum()
             seen += len(labels)
+            # a point every curve_every steps; the epoch's last window absorbs a short remainder
+            if step == steps or (step % curve_every == 0 and steps - step >= curve_every // 2):
+                window = self._curve_point(epoch, step, window, loss_sum, correct, seen)
             checkpoint_due = step < steps and self.checkpoint_clock.due()
             if step % sync_every == 0 or step == steps or checkpoint_due:
                 self._check_finite(loss, epoch, step)
@@ -422,6 +425,19 @@ class _Trainer:
             "images_per_second": (seen - seen_before) / max(elapsed, 1e-9),
             "epoch_seconds": elapsed,
         }
+
+    def _curve_point(self, epoch, step, window, loss_sum, correct, seen) -> tuple[int, float, int, int]:
+        """One point of the loss curve: the mean loss and accuracy of the steps since the last point."""
+        first_step, loss_before, correct_before, seen_before = window
+        loss_now, correct_now = loss_sum.item(), int(correct.item())
+        images = seen - seen_before
+        if images:
+            self.run.append_metrics({
+                "kind": "step", "epoch": epoch + 1, "step": step, "steps": step - first_step,
+                "loss": (loss_now - loss_before) / images, "acc": (correct_now - correct_before) / images,
+                "lr": self.optimizer.param_groups[0]["lr"],
+            })  # fmt: skip
+        return step, loss_now, correct_now, seen
 
     def _optimizer_step(self, loss: torch.Tensor, updates: int) -> None:
         """Backward, clip, step, schedule, EMA: the pure part of a training step."""

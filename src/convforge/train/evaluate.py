@@ -1,4 +1,11 @@
-"""Evaluation: top-1, top-5, per-class accuracy and the confusion matrix of a model on one split."""
+"""Evaluation: top-1, top-5, per-class accuracy, the confusion matrix and calibration on one split.
+
+Calibration is the expected calibration error of Guo et al. 2017 ("On Calibration of Modern Neural
+Networks", 15 equal-width confidence bins) with the bins of its reliability diagram. It is computed
+here from the confidences evaluation already holds (a few NumPy lines) rather than through
+torchmetrics, which convforge does not otherwise need; tests/train/test_evaluate.py shows that both
+give the same figure.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ class EvalResult:
     per_class: dict[str, float | None]  # None: no image of that class in the split
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     topk: int = 5
+    calibration: dict[str, Any] | None = None  # {"ece", "bins": [{lower, upper, count, confidence, accuracy}]}
     predictions: np.ndarray | None = field(default=None, repr=False)  # (N,) predicted class
     confidences: np.ndarray | None = field(default=None, repr=False)  # (N,) probability of the prediction
 
@@ -86,6 +94,8 @@ def evaluate(
             seen += len(labels)
     finally:
         model.train(was_training)
+    evaluated = predictions >= 0
+    correct = predictions[evaluated] == np.asarray(imageset.labels)[evaluated]
     confusion_np = confusion.numpy()
     per_class_total = confusion_np.sum(axis=1)
     per_class = {
@@ -102,25 +112,56 @@ def evaluate(
         per_class=per_class,
         confusion=confusion_np.tolist(),
         topk=topk,
+        calibration=calibration(confidences[evaluated], correct),
         predictions=predictions,
         confidences=confidences,
     )
 
 
+def calibration(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error and the reliability diagram's bins (Guo et al. 2017).
+
+    Bin i holds the confidences in [i/bins, (i+1)/bins), the last bin also 1.0; ECE is the mean over
+    bins of |accuracy - mean confidence|, weighted by the share of images in the bin."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    index = np.minimum((confidences * bins).astype(np.int64), bins - 1)
+    count = np.bincount(index, minlength=bins)
+    confidence_sum = np.bincount(index, weights=confidences, minlength=bins)
+    correct_sum = np.bincount(index, weights=correct, minlength=bins)
+    total = max(len(confidences), 1)
+    ece = float(np.abs(correct_sum - confidence_sum).sum() / total)
+    rows = [
+        {"lower": i / bins, "upper": (i + 1) / bins, "count": int(count[i]),
+         "confidence": float(confidence_sum[i] / count[i]), "accuracy": float(correct_sum[i] / count[i])}
+        for i in range(bins) if count[i]
+    ]  # fmt: skip
+    return {"ece": ece, "bins": rows}
+
+
 def align_classes(imageset: ImageSet, model_classes: list[str], where: str) -> ImageSet:
-    """Relabel `imageset` to the model's class order; a different set of classes is a user error."""
+    """Relabel `imageset` to the model's class order, matching classes by name.
+
+    Data with only some of the model's classes is evaluated on those (the others get no per-class
+    accuracy; `missing_classes` names them); a class the model does not know is a user error."""
     if list(imageset.classes) == list(model_classes):
         return imageset
-    if sorted(imageset.classes) != sorted(model_classes):
+    extra = sorted(set(imageset.classes) - set(model_classes))
+    if extra:
         missing = sorted(set(model_classes) - set(imageset.classes))
-        extra = sorted(set(imageset.classes) - set(model_classes))
         raise DatasetError(
             f"{where} has {len(imageset.classes)} classes but the model was trained on {len(model_classes)}: "
-            f"not in the data {missing[:10]}, not known to the model {extra[:10]}. Evaluate on data with the "
-            "model's classes (the class folder names must match)"
+            f"not in the data {missing[:10]}, not known to the model {extra[:10]}. Evaluate on data whose "
+            "classes are among the model's (the class folder names must match)"
         )
     to_model = np.array([model_classes.index(name) for name in imageset.classes], dtype=np.int64)
     relabeled = imageset.subset(np.arange(len(imageset)))
     relabeled.labels = to_model[imageset.labels]
     relabeled.classes = list(model_classes)
     return relabeled
+
+
+def missing_classes(data_classes: list[str], model_classes: list[str]) -> list[str]:
+    """The model's classes that the data has no folder (or label) for, in the model's order."""
+    present = set(data_classes)
+    return [name for name in model_classes if name not in present]

@@ -1,12 +1,15 @@
-"""A small sample of evaluated images with their predictions, kept for the report (mistakes first)."""
+"""Small samples kept for the report: evaluated images with their predictions (mistakes first), and
+the first training batch as augmented."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import torch
 
 from convforge.data.imageset import ImageSet
+from convforge.data.transforms import Preprocessing
 from convforge.runs import Run, atomic_write_json
 from convforge.train.evaluate import EvalResult
 
@@ -42,17 +45,13 @@ def save_prediction_samples(run: Run, split: ImageSet, result: EvalResult, count
     positions = pick_samples(split.labels, result.predictions, result.confidences, count)
     if not len(positions):
         return
-    images = split.gather(positions)
-    path = run.artifacts / SAMPLES_FILE
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        images=images,
+    _write_npz(
+        run.artifacts / SAMPLES_FILE,
+        images=split.gather(positions),
         labels=split.labels[positions],
         predictions=result.predictions[positions],
         confidences=result.confidences[positions],
     )
-    tmp.replace(path)
     atomic_write_json(run.artifacts / SAMPLES_META, {"split": split.name, "classes": split.classes})
 
 
@@ -65,3 +64,34 @@ def load_prediction_samples(run: Run) -> dict | None:
         samples = {key: data[key] for key in data.files}
     samples.update(json.loads(meta.read_text()))
     return samples
+
+
+AUGMENTED_FILE = "augmented.npz"
+
+
+def save_augmented_samples(
+    run: Run, inputs: torch.Tensor, targets: torch.Tensor, preprocessing: Preprocessing, count: int = 32
+) -> None:
+    """The first training batch as the model saw it (augmented, mixed), back in uint8 pixels, for the
+    report's grid: artifacts/augmented.npz (images NHWC, labels: the largest share of each target)."""
+    x = inputs[:count].detach().float().cpu()
+    mean = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std).view(1, -1, 1, 1)
+    pixels = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    labels = targets[:count] if targets.ndim == 1 else targets[:count].argmax(dim=1)
+    _write_npz(run.artifacts / AUGMENTED_FILE, images=pixels.contiguous().numpy(), labels=labels.cpu().numpy())
+
+
+def load_augmented_samples(run: Run) -> dict | None:
+    path = run.path / "artifacts" / AUGMENTED_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _write_npz(path, **arrays: np.ndarray) -> None:
+    """Compressed arrays, written under a temporary name and renamed: whole or not at all."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)

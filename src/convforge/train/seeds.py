@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from convforge.data import load_dataset
 from convforge.errors import UserError
 from convforge.runs import next_run_dir
 from convforge.train.config import TrainConfig
 from convforge.train.engine import TrainResult, invoked_command, train
 from convforge.train.progress import TrainProgress
+from convforge.train.setup import load_training_data
 
 
 def train_seeds(
@@ -34,8 +34,7 @@ def train_seeds(
     command = invoked_command()
     # One dataset (and one validation split, drawn with the first seed) for all seeds, so the spread
     # measures training randomness only.
-    dataset = load_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed, strict=config.strict,
-                           workers=config.workers)  # fmt: skip
+    dataset = load_training_data(config)
     results = []
     for k in range(seeds):
         seed_config = replace(config, seed=config.seed + k)

@@ -10,12 +10,25 @@ import timm
 import torch
 from torch import nn
 
+from convforge.data import Dataset, load_dataset
 from convforge.data.spec import mirror_invariant
 from convforge.data.transforms import AugmentConfig, Preprocessing
 from convforge.errors import UserError
 from convforge.train.config import TrainConfig
 
 _SMALL_IMAGE_SIDE = 128  # at or below this, train at the images' own size with pad-and-crop
+
+
+def load_training_data(config: TrainConfig) -> Dataset:
+    """The run's data with its validation split (carved out of train, seeded, when it has none)."""
+    return load_dataset(
+        config.data,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        strict=config.strict,
+        workers=config.workers,
+        max_pixels=config.max_pixels,
+    )
 
 
 def resolve_device(name: str = "auto") -> torch.device:
