@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import tarfile
 import time
@@ -30,6 +29,7 @@ from PIL import Image
 
 from convforge.models.prepared import model_prepared
 from convforge.robust.attacks import PixelSpaceModel, fgsm, pgd
+from convforge.runs import describe_hardware
 
 ARCHIVE = Path(os.environ.get("CONVFORGE_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
@@ -86,7 +86,7 @@ def main() -> None:
             if ours_full is not None:
                 row["convforge_no_early_stop"] = median_rate(ours_full, len(images), args.repeats)
             rows.append(row)
-    hardware = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    hardware = f"{describe_hardware()}, torch {torch.__version__}"
     out = Path(__file__).parent / "out" / "attack_speed.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"hardware": hardware, "batch": args.batch, "rows": rows}, indent=2))

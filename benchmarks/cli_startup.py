@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from convforge.runs import hardware_fingerprint
+from convforge.runs import describe_hardware, hardware_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "convforge"]
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "cli_startup.json")
     args = parser.parse_args()
     hardware = hardware_fingerprint()
-    print(f"{hardware.get('cpu')} ({', '.join(hardware.get('cpu_flags', []))}), {hardware['logical_cores']} cores\n")
+    print(f"{describe_hardware(hardware)}\n")
     print(f"| command | median s | min s | max s | under {TARGET_SECONDS:.0f} s |\n|---|---:|---:|---:|---|")
     rows = []
     for name, command in COMMANDS.items():

@@ -40,7 +40,7 @@ from pytorch_grad_cam import EigenCAM, GradCAM, ScoreCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 from convforge.explain import Explainer  # noqa: E402
-from convforge.runs import hardware_fingerprint  # noqa: E402
+from convforge.runs import describe_hardware, hardware_fingerprint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg" / "cifar10-jpg.tar.gz"
@@ -161,7 +161,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"hardware": hardware_fingerprint(), "torch": torch.__version__,
                                     "timm": timm.__version__, "rows": rows}, indent=2))  # fmt: skip
-    print(f"wrote {args.out}")
+    print(f"{describe_hardware()}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 
 from convforge.models import create_model, large_kernel, reparameterize_model
 from convforge.models.large_kernel import LargeKernelDWConv2d
-from convforge.runs import hardware_fingerprint
+from convforge.runs import describe_hardware, hardware_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 # (model, channels, resolution, kernel) at 224x224 input
@@ -109,6 +109,7 @@ def main() -> None:
             cells = [f"{r[p]:.2f}" if r[p] is not None else "-" for p in PLANS]
             print(f"| {r['layer']} | {r['channels']} | {r['resolution']} | {r['kernel']} | " + " | ".join(cells)
                   + f" | {r['chosen']} |")  # fmt: skip
+    print(f"\n{describe_hardware()}")
     print("\nwhole deployed models, batch 1, 224x224: | model | layout | F.conv2d ms | autotuned ms | speed-up |")
     for r in result["models_batch1_224"]:
         cells = f"{r['F.conv2d_ms']:.1f} | {r['autotuned_ms']:.1f} | {r['speedup']:.2f}x"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from convforge.checkpoint import load_model
 from convforge.cli.robust import robustness_card
 from convforge.robust.attacks import parse_epsilon
+from convforge.runs import describe_hardware
 from convforge.train import TrainConfig, train
 
 MODEL = "resnet10t"
@@ -63,7 +63,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     out = Path(__file__).parent / "out" / "shape_bias.json"
     out.parent.mkdir(exist_ok=True)
-    hardware = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    hardware = f"{describe_hardware()}, torch {torch.__version__}"
     out.write_text(json.dumps({"args": vars(args), "hardware": hardware, "rows": rows}, indent=2))
     print(f"\n{args.data}, {MODEL} {MODEL_KWARGS}, {args.epochs} epochs, adversarial: PGD-{args.adv_steps} "
           f"eps {args.eps}; {hardware}\n")  # fmt: skip

@@ -7,9 +7,13 @@ Both train the same timm model (resnet18, 10 classes, 32x32 CIFAR-10 JPEGs) with
   with its default training transforms (RandomResizedCrop, flip, colour jitter, ToTensor, Normalize)
   and 2 workers, then a plain fp32 training loop, as timm's train.py runs without --amp.
 * convforge: `convforge.train` on the same images (decoded once into the cache beforehand, as a second
-  run would find them), batched device-side augmentation, channels_last and its default precision
-  (bf16 autocast where the CPU has native bf16). A second convforge row with `amp=off` separates the
-  pipeline's gain from the precision's.
+  run would find them), batched device-side augmentation, channels_last, convolutions that skip the
+  taps which only read padding (models/padding_taps.py: resnet18's 1x1 and 2x2 maps at 32 px) and its
+  default precision (bf16 autocast where the CPU has native bf16). A row with `amp=off` separates the
+  precision's gain, and one with the padding taps kept the tap skipping's.
+
+`--avx2` holds PyTorch and oneDNN to AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA) to show
+the figures of a CPU without AVX-512 on one that has it; the hardware line says so.
 
 Each configuration is repeated --repeats times; medians are reported. Writes JSON to benchmarks/out/.
 
@@ -35,7 +39,8 @@ from timm.optim import create_optimizer_v2
 
 from convforge import TrainConfig, train
 from convforge.data import load_dataset
-from convforge.runs import hardware_fingerprint
+from convforge.runs import describe_hardware, hardware_fingerprint
+from cpu_kind import hold_to_avx2
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg" / "cifar10-jpg.tar.gz"
@@ -70,14 +75,14 @@ def timm_baseline(folder: Path, steps: int, batch_size: int, workers: int) -> fl
     return seen / (time.perf_counter() - started)
 
 
-def convforge_engine(archive: Path, steps: int, batch_size: int, amp: str, runs: Path) -> float:
+def convforge_engine(archive: Path, steps: int, batch_size: int, amp: str, runs: Path, skip_taps: bool = True) -> float:
     """Images per second of one convforge training epoch of exactly `steps` batches."""
     dataset = load_dataset(f"cifar10:{archive}")
     keep = np.random.default_rng(0).permutation(len(dataset.train))[: steps * batch_size]
     dataset.splits = {"train": dataset.train.subset(np.sort(keep))}
     config = TrainConfig(data=f"cifar10:{archive}", model="resnet18", epochs=1, batch_size=batch_size,
                          opt="sgd", lr=0.1, weight_decay=5e-4, momentum=0.9, warmup_epochs=0, amp=amp,
-                         val_fraction=0.0)  # fmt: skip
+                         val_fraction=0.0, skip_padding_taps=skip_taps)  # fmt: skip
     result = train(config, runs / f"convforge-{amp}-{time.time_ns()}", dataset=dataset)
     return result.run.metrics("epoch")[0]["images_per_second"]
 
@@ -92,7 +97,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "train_throughput.json")
+    parser.add_argument("--avx2", action="store_true", help="hold PyTorch and oneDNN to AVX2 (re-executes)")
     args = parser.parse_args()
+    hold_to_avx2(args.avx2)
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -101,7 +108,8 @@ def main() -> None:
             archive.extractall(folder, filter="data")
         folder = next(p.parent for p in folder.rglob("train") if p.is_dir())
         load_dataset(f"cifar10:{args.archive}")  # decode once, as any second run finds it
-        rows = {"timm (fp32, 2 workers)": [], "convforge (default amp)": [], "convforge (amp off)": []}
+        rows = {"timm (fp32, 2 workers)": [], "convforge (default amp)": [], "convforge (amp off)": [],
+                "convforge (amp off, padding taps kept)": []}  # fmt: skip
         for repeat in range(args.repeats):
             rows["timm (fp32, 2 workers)"].append(
                 timm_baseline(folder, args.steps, args.batch_size, args.workers)
@@ -111,6 +119,9 @@ def main() -> None:
             )
             rows["convforge (amp off)"].append(
                 convforge_engine(args.archive, args.steps, args.batch_size, "off", scratch)
+            )
+            rows["convforge (amp off, padding taps kept)"].append(
+                convforge_engine(args.archive, args.steps, args.batch_size, "off", scratch, skip_taps=False)
             )
             print(
                 f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in rows.items()),
@@ -139,7 +150,7 @@ def main() -> None:
     print("\n| pipeline | median img/s | ratio vs timm |\n|---|---:|---:|")
     for name, value in medians.items():
         print(f"| {name} | {value:.0f} | {value / baseline:.2f}x |")
-    print(f"\nhardware: {result['hardware'].get('cpu')}, {os.cpu_count()} cores; written to {args.out}")
+    print(f"\nhardware: {describe_hardware(result['hardware'])}; written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -310,6 +310,16 @@ def versions(convforge_version: str) -> dict[str, str]:
     }
 
 
+def describe_hardware(info: dict[str, Any] | None = None) -> str:
+    """One line for a benchmark's output: CPU, its vector extensions, cores, threads, kernels held."""
+    info = info or hardware_fingerprint()
+    flags = ", ".join(info.get("cpu_flags") or []) or "no AVX2"
+    held = f", kernels held to {info['onednn_max_cpu_isa']}" if info.get("onednn_max_cpu_isa") else ""
+    gpus = f", GPU {', '.join(info['gpus'])}" if info.get("gpus") else ""
+    return (f"{info.get('cpu')} ({flags}){held}, {info.get('logical_cores')} cores, "
+            f"{info.get('torch_threads')} torch threads{gpus}")  # fmt: skip
+
+
 def hardware_fingerprint() -> dict[str, Any]:
     """What the numbers in a run were measured on: CPU model and features, cores, memory, GPUs."""
     import torch
@@ -322,6 +332,8 @@ def hardware_fingerprint() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # kernels held below what the CPU has (to reproduce another)
+        info["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         for line in cpuinfo.splitlines():

@@ -19,8 +19,8 @@ from convforge.errors import RunFolderError, UserError
 from convforge.train import resume
 from tests.helpers import TINY_MODEL, TINY_MODEL_KWARGS
 
-DATA = "shapes:size=32,train=3200,val=200,test=200"
-STEPS_PER_EPOCH = 3200 // 16
+DATA = "shapes:size=32,train=1600,val=200,test=200"
+STEPS_PER_EPOCH = 1600 // 16
 
 
 def _train_command(out, epochs=3):

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convforge.models.padding_taps import useful_taps
+
 _PLANS: dict[tuple, str] = {}
 _TRIALS = 3
 
@@ -69,12 +71,13 @@ def reach_cropped(weight: torch.Tensor, dilation: int, height: int, width: int) 
     position: dropping it changes nothing, in the output or in any gradient (its own is zero). A 13x13
     kernel on a 4x4 map keeps its central 7x7; a 3x3 kernel with dilation 5 on a 2x2 map keeps 1x1.
     """
-    centre = weight.shape[-1] // 2
-    reach_h, reach_w = min(centre, (height - 1) // dilation), min(centre, (width - 1) // dilation)
-    if reach_h == centre and reach_w == centre:
-        return weight, (centre * dilation, centre * dilation)
-    cropped = weight[..., centre - reach_h : centre + reach_h + 1, centre - reach_w : centre + reach_w + 1]
-    return cropped, (reach_h * dilation, reach_w * dilation)
+    kernel = weight.shape[-1]
+    # stride 1 and same padding: the useful taps are centred and the padding stays symmetric
+    top, bottom, pad_h, _ = useful_taps(height, kernel, 1, dilation * (kernel // 2), dilation)
+    left, right, pad_w, _ = useful_taps(width, kernel, 1, dilation * (kernel // 2), dilation)
+    if (top, bottom, left, right) == (0, kernel - 1, 0, kernel - 1):
+        return weight, (pad_h, pad_w)
+    return weight[..., top : bottom + 1, left : right + 1], (pad_h, pad_w)
 
 
 class DepthwiseConv2d(nn.Conv2d):

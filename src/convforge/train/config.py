@@ -47,6 +47,7 @@ class TrainConfig:
     clip_grad: float | None = None
     amp: str = "auto"
     channels_last: bool = True
+    skip_padding_taps: bool = True  # convolutions skip taps that only read padding (models/padding_taps.py)
     compile: bool = False
     device: str = "auto"
     seed: int = 0

@@ -40,6 +40,7 @@ from convforge.data.loader import BatchLoader
 from convforge.data.transforms import TrainAugment
 from convforge.errors import RunFolderError, TrainingDiverged, UserError
 from convforge.models import create_model
+from convforge.models.padding_taps import skip_padding_taps
 from convforge.runs import (
     CHECKPOINTS_DIR,
     Run,
@@ -172,6 +173,8 @@ class _Trainer:
             self.preprocessing,
             dict(config.model_kwargs),
         )
+        if config.skip_padding_taps:
+            skip_padding_taps(self.model)  # exact; halves a CIFAR-size ResNet step on the CPU
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=memory_format)
         self.step_model = torch.compile(self.model) if config.compile else self.model
