@@ -28,9 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 
@@ -56,6 +53,8 @@ from convforge.train.position import CheckpointClock, EpochPosition, capture_rng
 from convforge.train.progress import TrainProgress
 from convforge.train.samples import save_augmented_samples, save_prediction_samples
 from convforge.train.setup import (
+    build_loss,
+    build_optimizer,
     epoch_seed,
     load_training_data,
     resolve_amp,
@@ -189,29 +188,10 @@ class _Trainer:
             device=self.device,
             workers=config.workers,
         )
-        self.optimizer = create_optimizer_v2(
-            self.model,
-            opt=config.opt,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            momentum=config.momentum,
-        )
-        self.scheduler, _ = create_scheduler_v2(
-            self.optimizer,
-            sched=config.sched,
-            num_epochs=config.epochs,
-            warmup_epochs=min(config.warmup_epochs, config.epochs - 1),
-            min_lr=config.min_lr,
-            warmup_lr=config.lr * 0.01,
-            step_on_epochs=False,
-            updates_per_epoch=len(self.train_loader),
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.model, config, len(self.train_loader))
         self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema else None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        if self.augment.soft_targets:
-            self.loss_fn = SoftTargetCrossEntropy()
-        else:
-            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.loss_fn = build_loss(config, self.augment.soft_targets)
         self.adversary = Adversary(config, self.preprocessing) if config.adv else None
         self.start_epoch, self.best_epoch, self.best_val = 0, 0, None
         self.position: EpochPosition | None = None  # where a mid-epoch checkpoint left off

@@ -1,4 +1,5 @@
-"""How a run is set up on this machine: device, precision, preprocessing, determinism, epoch seeds."""
+"""How a run is set up: its data, optimizer, schedule and loss; on this machine: device, precision,
+preprocessing, determinism, epoch seeds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
 from torch import nn
 
 from convforge.data import Dataset, load_dataset
@@ -29,6 +33,29 @@ def load_training_data(config: TrainConfig) -> Dataset:
         workers=config.workers,
         max_pixels=config.max_pixels,
     )
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, updates_per_epoch: int):
+    """timm's optimizer and its per-update schedule (warm-up capped below the epoch count)."""
+    optimizer = create_optimizer_v2(
+        model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
+    )
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=config.sched,
+        num_epochs=config.epochs,
+        warmup_epochs=min(config.warmup_epochs, config.epochs - 1),
+        min_lr=config.min_lr,
+        warmup_lr=config.lr * 0.01,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )
+    return optimizer, scheduler
+
+
+def build_loss(config: TrainConfig, soft_targets: bool) -> nn.Module:
+    """Cross-entropy with label smoothing, or on the soft targets MixUp/CutMix make."""
+    return SoftTargetCrossEntropy() if soft_targets else nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
