@@ -171,6 +171,18 @@ def test_csv_whose_files_are_missing_says_how_many_and_names_the_first(tmp_path,
     assert len(dataset.train) == 6 and len(dataset.skipped) == 1
 
 
+def test_limit_decodes_only_the_subset_and_leaves_the_full_cache_whole(tmp_path, caplog):
+    root = make_folder(tmp_path / "d", classes=("a", "b", "c"), per_class=6)
+    with caplog.at_level("INFO", logger="convforge"):
+        limited = load_dataset(f"{root},limit=5")
+    assert "decoding 5 images" in caplog.text
+    assert len(limited.train) == 5 and sorted(np.bincount(limited.train.labels).tolist()) == [1, 2, 2]
+    full = load_dataset(str(root))
+    assert len(full.train) == 18 and full.fingerprint != limited.fingerprint
+    again = load_dataset(f"{root},limit=5")
+    assert np.array_equal(again.train.gather(np.arange(5)), limited.train.gather(np.arange(5)))
+
+
 def test_empty_class_folder_is_reported_and_left_out(tmp_path):
     root = make_folder(tmp_path / "d", classes=("a", "b", "c"))
     for path in (root / "c").iterdir():

@@ -78,13 +78,13 @@ def load_dataset(
     elif scheme == "cifar10" and (batches := arrays.is_cifar_batches(Path(target).expanduser())):
         dataset = _load_cifar_batches(body, batches)
     elif scheme == "csv":
-        listing = list_csv(Path(target).expanduser())
+        listing = limit_listing(list_csv(Path(target).expanduser()), limit)
         dataset = _load_files(body, listing, channels or 3, storage_size, max_pixels, budget, workers, strict)
     else:  # a folder, an archive, or cifar10: pointing at either
         path = Path(target).expanduser()
         dataset = _load_archive_from_cache(body, path, channels or 3, storage_size, max_pixels)
         if dataset is None:
-            listing = list_image_folder(path)
+            listing = limit_listing(list_image_folder(path), limit)
             dataset = _load_files(
                 body, listing, channels or 3, storage_size, max_pixels, budget, workers, strict
             )
@@ -134,24 +134,40 @@ def split_limit(spec: str) -> tuple[str, int | None]:
 
 def limit_splits(dataset: Dataset, limit: int) -> Dataset:
     """At most `limit` images in each split, stratified by class, always the same ones."""
-    dataset.splits = {name: stratified_subset(split, limit) for name, split in dataset.splits.items()}
+    dataset.splits = {
+        name: split.subset(stratified_positions(split.labels, limit), split.name) if len(split) > limit else split
+        for name, split in dataset.splits.items()
+    }
     dataset.fingerprint = f"{dataset.fingerprint}-limit{limit}"
     return dataset
 
 
-def stratified_subset(split: ImageSet, count: int, seed: int = 0) -> ImageSet:
-    """`count` images of `split` whose class shares match the split's (largest remainders), seeded."""
-    if count >= len(split):
-        return split
-    counts = split.class_counts()
-    quota = counts * count / len(split)
+def limit_listing(listing: FileListing, limit: int | None) -> FileListing:
+    """The same subset as `limit_splits`, taken before decoding, so a large folder decodes only the
+    images a limited run uses (cached under its own key: the full dataset's entry stays whole)."""
+    if limit is None or all(len(items) <= limit for items in listing.splits.values()):
+        return listing
+    splits = {}
+    for name, items in listing.splits.items():
+        positions = stratified_positions(np.array([label for _, label in items]), limit)
+        splits[name] = [items[i] for i in positions]
+    return dataclasses.replace(listing, splits=splits, cache_identity=f"{listing.cache_identity}-limit{limit}")
+
+
+def stratified_positions(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of `count` of `labels` (all when fewer), each class's share kept (largest
+    remainders), drawn with a fixed seed."""
+    labels = np.asarray(labels)
+    if count >= len(labels):
+        return np.arange(len(labels))
+    counts = np.bincount(labels)
+    quota = counts * count / len(labels)
     take = np.floor(quota).astype(np.int64)
     short = count - int(take.sum())
     take[np.argsort(-(quota - take), kind="stable")[:short]] += 1
     rng = np.random.default_rng(seed)
-    labels = np.asarray(split.labels)
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in enumerate(take) if n]
-    return split.subset(np.sort(np.concatenate(chosen)), split.name)
+    return np.sort(np.concatenate(chosen))
 
 
 def _parse(spec: str) -> tuple[str, str]:
