@@ -107,9 +107,9 @@ def test_randomisation_flags_a_method_that_ignores_the_weights():
         assert torch.equal(before, after) == bool(before.numel() == 1 or before.std() == 0)
         if before.numel() > 100:
             assert float(after.detach().std()) == pytest.approx(float(before.detach().std()), rel=0.1)
-    gradcam = randomization_check(model, images, "gradcam", seed=1)
-    assert gradcam.per_image.shape == (4,)
-    assert -1.0 <= gradcam.rank_correlation <= 1.0
+    eigencam = randomization_check(model, images, "eigencam", seed=1)  # no gradient: no constant maps
+    assert eigencam.per_image.shape == (4,) and eigencam.constant_maps == 0 and eigencam.compared == 4
+    assert -1.0 <= eigencam.rank_correlation <= 1.0
     # an "explanation" that only looks at the image (its brightness) is the same for any weights
     bright = randomization_check(IgnoresWeights(model), images, "rise", rise_masks=32, seed=1)
     assert bright.rank_correlation > 0.99 and not bright.passed
@@ -140,3 +140,40 @@ def test_drift_of_a_model_against_itself_is_none_and_against_a_random_model_is_l
     other = explanation_drift(model, randomized_copy(model, 3), images, "layercam")
     assert other.rank_correlation < 0.9 and other.pointing_game_change is None
     assert set(other.to_dict()) >= {"method", "rank_correlation", "per_image", "images"}
+
+
+def test_pointing_game_scores_a_plateau_by_the_share_of_tied_maxima_on_the_object():
+    from convforge.explain.metrics import localisation, pointing_game
+
+    maps = torch.zeros(2, 8, 8)
+    maps[0, :4, :4] = 1.0  # a 16-pixel plateau, as a 2x2 map upsampled to 8x8
+    maps[1, 6, 6] = 1.0  # a unique peak
+    masks = torch.zeros(2, 8, 8)
+    masks[:, 2:, 2:] = 1  # the plateau's corner (top-left) is off the object; 4 of its 16 pixels are on it
+    assert pointing_game(maps, masks).tolist() == [0.25, 1.0]
+    located = localisation(maps, masks)
+    assert located.pointing_game == pytest.approx(0.625) and located.tied_pixels == pytest.approx(8.5)
+
+
+def test_sanity_check_leaves_constant_maps_out_and_says_when_too_few_remain(monkeypatch):
+    import timm
+
+    from convforge.explain import metrics
+
+    model = timm.create_model("resnet18", num_classes=5).eval()
+    images = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    honest = metrics.randomization_check(model, images, "gradcam")
+    assert honest.constant_maps + honest.compared == 10
+    # a randomised model whose gradients vanish: every randomised map is constant
+    original = metrics.randomized_copy
+
+    def dead_copy(model, seed=0):
+        clone = original(model, seed)
+        torch.nn.init.zeros_(clone.fc.weight)
+        return clone
+
+    monkeypatch.setattr(metrics, "randomized_copy", dead_copy)
+    dead = metrics.randomization_check(model, images, "gradcam", layer="layer3")
+    assert dead.constant_maps == 10 and dead.compared == 0
+    assert dead.rank_correlation is None and dead.passed is None  # not "passed with correlation 0"
+    assert torch.isnan(dead.per_image).all()

@@ -16,9 +16,11 @@ from convforge.data import load_dataset
 from convforge.errors import ConfigError
 from convforge.robust.corruptions import (
     FAMILIES,
+    PARAMETERS,
     box_resize,
     corrupt,
     disk_kernel,
+    fog_mapsize,
     gaussian_blur,
     hsv_to_rgb,
     parse_severities,
@@ -130,3 +132,61 @@ def test_corruption_errors_against_a_baseline():
     # relative: (E - E_clean) summed over severities, over the baseline's
     assert errors.relative_corruption_error["fog"] == pytest.approx((0.6 - 2 * 0.1) / (1.0 - 2 * 0.2))
     assert model.relative_robustness("fog") == pytest.approx(0.7 / 0.9)
+
+
+def _original_plasma_fractal(mapsize: int, decay: float, rng: np.random.Generator) -> np.ndarray:
+    """The diamond-square fractal as make_cifar_c.py / make_imagenet_c.py describe it, one map at a
+    time in NumPy (written for this test from the algorithm, independently of convforge's batched one)."""
+    grid = np.zeros((mapsize, mapsize))
+    step, wibble = mapsize, 100.0
+    while step >= 2:
+        half = step // 2
+        corners = grid[0::step, 0::step]
+        total = corners + np.roll(corners, -1, axis=0)
+        total = total + np.roll(total, -1, axis=1)
+        grid[half::step, half::step] = total / 4 + wibble * rng.uniform(-wibble, wibble, total.shape)
+        centres, corners = grid[half::step, half::step], grid[0::step, 0::step]
+        left = centres + np.roll(centres, 1, axis=0) + corners + np.roll(corners, -1, axis=1)
+        grid[0::step, half::step] = left / 4 + wibble * rng.uniform(-wibble, wibble, left.shape)
+        top = centres + np.roll(centres, 1, axis=1) + corners + np.roll(corners, -1, axis=0)
+        grid[half::step, 0::step] = top / 4 + wibble * rng.uniform(-wibble, wibble, top.shape)
+        step //= 2
+        wibble /= decay
+    grid -= grid.min()
+    return grid / grid.max()
+
+
+def _spread_and_roughness(maps: np.ndarray) -> tuple[float, float]:
+    """Mean per-map standard deviation and mean absolute difference of neighbouring pixels."""
+    return float(maps.std(axis=(1, 2)).mean()), float(np.abs(np.diff(maps, axis=2)).mean())
+
+
+@pytest.mark.parametrize("severity", [1, 4])
+def test_cifar_fog_layer_has_the_spatial_statistics_of_the_original_32_px_fractal(severity):
+    """The fog layer recovered from corrupt() on a grey image matches CIFAR-10-C's fractal (drawn at
+    32 px) in spread and roughness; a 32-px crop of a 256-px fractal is several times flatter."""
+    c0, decay = PARAMETERS["fog"]["cifar"][severity - 1]
+    grey = torch.full((300, 1, 32, 32), 0.5, dtype=torch.float64)
+    out = corrupt(grey, "fog", severity, preset="cifar", generator=torch.Generator().manual_seed(0)).double()
+    fog = ((out * (0.5 + c0) / 0.5 - 0.5) / c0)[:, 0].numpy()
+    rng = np.random.default_rng(0)
+    original = np.stack([_original_plasma_fractal(32, decay, rng) for _ in range(300)])
+    ours, theirs = _spread_and_roughness(fog), _spread_and_roughness(original)
+    assert ours == pytest.approx(theirs, rel=0.1)
+    cropped = np.stack([_original_plasma_fractal(256, decay, rng)[:32, :32] for _ in range(100)])
+    flat = _spread_and_roughness(cropped)
+    assert flat[0] < theirs[0] / 2 and flat[1] < theirs[1] / 3  # what the old 256-px map gave
+    assert fog_mapsize("cifar", 32, 32) == 32 and fog_mapsize("imagenet", 224, 224) == 256
+
+
+def test_stored_as_uint8_truncates_like_the_published_datasets():
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    generator = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    as_float = corrupt(images, "gaussian_noise", 3, generator=generator())
+    stored = corrupt(images, "gaussian_noise", 3, generator=generator(), stored_as_uint8=True)
+    assert torch.equal(stored * 255, (stored * 255).round())  # whole grey levels
+    assert torch.equal(stored, torch.floor(as_float.double() * 255 + 1e-6).div(255).float())
+    assert 0.4 < float((as_float - stored).mean() * 255) < 0.6  # the half-level offset the issue names
+    levels = torch.arange(256, dtype=torch.float32).view(1, 1, 16, 16) / 255
+    same = corrupt(levels.expand(1, 3, 16, 16), "contrast", 1, preset="cifar", stored_as_uint8=True)
+    assert torch.equal(same * 255, (same * 255).round())

@@ -224,6 +224,9 @@ def comparison_table(comparison: MethodComparison, title: str) -> Table:
         sanity = number(row.sanity_correlation, 2)
         if row.sanity_passed is False:
             sanity = f"[red]{sanity} (fails)[/red]"
+        if row.sanity_constant_maps:
+            verdict = "too few to say" if row.sanity_passed is None else "left out"
+            sanity += f" [yellow]({row.sanity_constant_maps} constant: {verdict})[/yellow]"
         table.add_row(
             row.method,
             row.layer or "-",

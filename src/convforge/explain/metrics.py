@@ -179,13 +179,24 @@ def _check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -> torch.Tensor:
-    """(B,) bool: the map's maximum (the first, on ties) lies on the mask, or within `tolerance` pixels."""
+    """(B,) float in [0, 1]: whether the map's maximum lies on the mask (or within `tolerance` pixels).
+
+    A map upsampled from a coarse layer (2x2, 3x3) has a plateau of hundreds of pixels tied for the
+    maximum. Scoring the first of them would score the plateau's top-left corner; counting a hit when
+    any of them is on the object (Quantus) rewards flat maps. Ties score the share of tied maxima on
+    the object: the expected hit of a random tie-break (1 or 0 when the maximum is unique)."""
     masks = _check_masks(maps, masks)
     if tolerance > 0:
         kernel = 2 * tolerance + 1
         masks = F.max_pool2d(masks.float().unsqueeze(1), kernel, stride=1, padding=tolerance).squeeze(1) > 0
-    peak = maps.flatten(1).argmax(dim=1)
-    return masks.flatten(1).gather(1, peak.unsqueeze(1)).squeeze(1)
+    peaks = tied_maxima(maps)
+    return (peaks & masks.flatten(1)).sum(1).double().div(peaks.sum(1)).float()
+
+
+def tied_maxima(maps: torch.Tensor) -> torch.Tensor:
+    """(B, H*W) bool: the pixels equal to each map's maximum."""
+    flat = maps.flatten(1)
+    return flat == flat.amax(dim=1, keepdim=True)
 
 
 def energy_inside(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -198,16 +209,18 @@ def energy_inside(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Localisation(_Result):
-    pointing_game: float  # share of images whose map peaks on the object
+    pointing_game: float  # share of images whose map peaks on the object (ties: the share on it)
     energy_inside: float  # mean share of the map's mass on the object
     images: int
     tolerance: int
+    tied_pixels: float = 1.0  # mean number of pixels tied for each map's maximum (1: unique peaks)
 
 
 def localisation(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -> Localisation:
     hits = pointing_game(maps, masks, tolerance)
+    tied = float(tied_maxima(maps).sum(1).double().mean())
     return Localisation(
-        float(hits.float().mean()), float(energy_inside(maps, masks).mean()), len(maps), tolerance
+        float(hits.float().mean()), float(energy_inside(maps, masks).mean()), len(maps), tolerance, tied
     )
 
 
@@ -222,7 +235,7 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation of each pair of maps, (B, ...) x (B, ...) -> (B,). A constant map
-    has no ranking; its correlation is reported as 0."""
+    has no ranking; its correlation is reported as 0 (see `is_constant` to leave such pairs out)."""
     ra, rb = average_ranks(a.flatten(1)), average_ranks(b.flatten(1))
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     denominator = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
@@ -235,10 +248,21 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @dataclass
 class SanityCheck(_Result):
     method: str
-    rank_correlation: float  # mean Spearman correlation, trained vs randomised model
-    per_image: torch.Tensor
+    rank_correlation: float | None  # mean Spearman correlation over the pairs where neither map is constant
+    per_image: torch.Tensor  # NaN where a map is constant
     threshold: float
-    passed: bool  # False: the maps barely depend on the learned weights
+    passed: bool | None  # False: the maps barely depend on the learned weights; None: too few maps to say
+    constant_maps: int = 0  # pairs left out: a constant map (no gradient, say) has no ranking
+    compared: int = 0  # pairs the correlation rests on
+
+
+MIN_SANITY_MAPS = 8  # fewer non-constant pairs than this (or than half the images): the check says nothing
+
+
+def is_constant(maps: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the map has a single value (nothing to rank)."""
+    flat = maps.flatten(1)
+    return flat.amax(dim=1) == flat.amin(dim=1)
 
 
 def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -267,12 +291,22 @@ def randomization_check(
     **options,
 ) -> SanityCheck:
     """Adebayo et al.'s parameter randomisation test for one method; `passed` when the mean rank
-    correlation between the trained and the randomised model's maps is below `threshold`."""
+    correlation between the trained and the randomised model's maps is below `threshold`.
+
+    Pairs where either map is constant (a randomised model whose gradient vanishes gives all-equal
+    maps) have no rank correlation: counting them as 0 would pass the check for nothing. They are
+    left out and counted, and a check resting on fewer than `MIN_SANITY_MAPS` pairs (or fewer than half
+    the images) gives `passed=None`."""
     trained = Explainer(model, layer, **options)(images, method, targets)
     randomized = Explainer(randomized_copy(model, seed), layer, **options)(images, method, trained.targets)
+    constant = (is_constant(trained.maps) | is_constant(randomized.maps)).cpu()
     per_image = spearman(trained.maps, randomized.maps).float().cpu()
-    correlation = float(per_image.mean())
-    return SanityCheck(trained.method, correlation, per_image, threshold, correlation < threshold)
+    per_image[constant] = float("nan")
+    compared = int((~constant).sum())
+    correlation = float(per_image[~constant].mean()) if compared else None
+    enough = compared >= min(MIN_SANITY_MAPS, len(images)) and compared * 2 >= len(images)
+    passed = (correlation < threshold) if enough and correlation is not None else None
+    return SanityCheck(trained.method, correlation, per_image, threshold, passed, int(constant.sum()), compared)
 
 
 # ------------------------------------------------------------------------------------ drift

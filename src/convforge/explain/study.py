@@ -28,7 +28,9 @@ class MethodScores:
     deletion_auc: float | None = None
     insertion_auc: float | None = None
     sanity_correlation: float | None = None
-    sanity_passed: bool | None = None
+    sanity_passed: bool | None = None  # None: not run, or too few non-constant maps to say
+    sanity_constant_maps: int | None = None  # pairs left out of the correlation (a constant map)
+    tied_pixels: float | None = None  # mean pixels tied for the maximum (coarse maps: a plateau)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -80,6 +82,7 @@ def compare_methods(
         if masks is not None:
             located = localisation(result.maps, masks)
             row.pointing_game, row.energy_inside = located.pointing_game, located.energy_inside
+            row.tied_pixels = located.tied_pixels
         if faithfulness_images > 0:
             n = faithfulness_images
             faithful = deletion_insertion(model, images[:n], result.maps[:n], result.targets[:n], steps=steps)
@@ -90,6 +93,7 @@ def compare_methods(
                 model, images[:n], method, result.targets[:n], layer=layer, seed=seed, **options
             )
             row.sanity_correlation, row.sanity_passed = sanity.rank_correlation, sanity.passed
+            row.sanity_constant_maps = sanity.constant_maps
         scores.append(row)
         explanations[method] = result
     random_map = None

@@ -8,7 +8,9 @@ a (B, C, H, W) batch in [0, 1], so any model can be scored on any data without a
 
 Severity parameters are the original ones, in two presets: `imagenet` (ImageNet-C, for images of
 about 224 px) and `cifar` (CIFAR-10-C, for 32 px); `preset="auto"` takes `cifar` for images of at
-most 96 px. Severity 0 returns the images unchanged.
+most 96 px. Severity 0 returns the images unchanged. fog draws its fractal at the originals' size per
+preset (`fog_mapsize`: 32 px for CIFAR-10-C, 256 for ImageNet-C), not one size for both. Results are
+float; the published datasets were stored as uint8 by truncation, which `stored_as_uint8=True` repeats.
 
 Implemented (15): gaussian_noise, shot_noise, impulse_noise, speckle_noise, defocus_blur,
 motion_blur, zoom_blur, gaussian_blur, brightness, contrast, saturate, fog, pixelate,
@@ -141,8 +143,13 @@ def corrupt(
     *,
     preset: str = "auto",
     generator: torch.Generator | None = None,
+    stored_as_uint8: bool = False,
 ) -> torch.Tensor:
-    """`images` (B, C, H, W) in [0, 1] with one corruption at `severity` (0: unchanged)."""
+    """`images` (B, C, H, W) in [0, 1] with one corruption at `severity` (0: unchanged).
+
+    The result is float. The published CIFAR-10-C and ImageNet-C images were stored as uint8 by
+    truncation (`np.uint8`), which lowers them by half a grey level on average; `stored_as_uint8=True`
+    truncates the same way (to multiples of 1/255), for comparisons with those datasets."""
     family = resolve_families([family])[0]
     if severity == 0:
         return images
@@ -153,7 +160,11 @@ def corrupt(
     preset = resolve_preset(preset, *images.shape[-2:])
     parameter = PARAMETERS[family][preset][severity - 1]
     context = _Context(generator, preset)
-    return _FUNCTIONS[family](images.float(), parameter, context).clamp(0, 1)
+    corrupted = _FUNCTIONS[family](images.float(), parameter, context).clamp(0, 1)
+    if not stored_as_uint8:
+        return corrupted
+    # float64 and a margin far below a grey level, so that an exact k/255 (a pixel left unchanged) stays k
+    return (torch.floor(corrupted.double() * 255 + 1e-6) / 255).to(corrupted.dtype)
 
 
 @dataclass
@@ -387,9 +398,18 @@ def plasma_fractal(
     return grid / grid.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
 
 
+def fog_mapsize(preset: str, height: int, width: int) -> int:
+    """The fractal's side, as the originals draw it: 256 for ImageNet-C (cropped to 224) and 32 for
+    CIFAR-10-C (the image's own side). The fractal's roughness depends on it (a 32-px crop of a 256-px
+    fractal is several times smoother and flatter), so other sizes take the next power of two of the
+    image side, with ImageNet-C's 256 as the floor of its preset."""
+    side = 1 << math.ceil(math.log2(max(height, width, 2)))
+    return max(256, side) if preset == "imagenet" else side
+
+
 def _fog(x, c, ctx):
     height, width = x.shape[-2:]
-    mapsize = max(256, 1 << math.ceil(math.log2(max(height, width))))
+    mapsize = fog_mapsize(ctx.preset, height, width)
     fog = plasma_fractal(len(x), mapsize, c[1], ctx.generator)[:, None, :height, :width].to(x)
     max_value = x.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
     return (x + c[0] * fog) * max_value / (max_value + c[0])
