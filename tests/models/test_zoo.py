@@ -252,3 +252,38 @@ def test_weights_published_only_by_hand_say_where():
         create_model("replknet_31b", pretrained=True)
     with pytest.raises(CheckpointError, match="no pretrained weights exist for unireplknet_tiny_test"):
         create_model("unireplknet_tiny_test", pretrained=True)
+
+
+def _simplenet_variants() -> list[str]:
+    return sorted(timm.list_models("simplenet*"))
+
+
+@pytest.mark.parametrize("name", [ZOO[arch][1] for arch in sorted(ZOO)] + _simplenet_variants())
+def test_pool_size_is_the_feature_map_at_the_input_size(name):
+    """timm's contract (its test_models.py checks it): pretrained_cfg['pool_size'] is the spatial size
+    of forward_features at pretrained_cfg['input_size']."""
+    model = create_model(name).eval()
+    cfg = model.pretrained_cfg
+    with torch.no_grad():
+        features = model.forward_features(torch.zeros(1, *cfg["input_size"]))
+    assert tuple(features.shape[-2:]) == tuple(cfg["pool_size"])
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_no_global_pool_returns_the_feature_map(arch):
+    """num_classes=0 with global_pool='' (at creation or through reset_classifier) gives an NCHW map of
+    forward_features' shape (the head's norm, in the ConvNeXt-style heads, still applies, as in timm)."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    unpooled = create_model(ZOO[arch][1], num_classes=0, global_pool="").eval()
+    reset = create_model(ZOO[arch][1], num_classes=5).eval()
+    reset.reset_classifier(0, "")
+    with torch.no_grad():
+        features = unpooled.forward_features(x)
+        assert features.ndim == 4 and unpooled(x).shape == features.shape == reset(x).shape
+        if arch == "simplenet":  # no head norm: the map itself
+            assert torch.equal(unpooled(x), features)
+
+
+def test_simplenet_refuses_an_unknown_pooling():
+    with pytest.raises(ValueError, match="global_pool must be 'max', 'avg' or ''"):
+        create_model("simplenet_tiny_test", global_pool="catavgmax")

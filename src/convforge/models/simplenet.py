@@ -74,7 +74,7 @@ class SimpleNet(nn.Module):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {sorted(LAYOUTS)}")
         self.num_classes = num_classes
-        self.global_pool = global_pool
+        self.global_pool = _check_pool(global_pool)
         drop_rates = {int(k): float(v) for k, v in (drop_rates or {}).items()}
         self.last_dropout = drop_rates.get(15, 0.0)
         strides = STRIDE_MODES[mode]
@@ -125,7 +125,7 @@ class SimpleNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = global_pool
+            self.global_pool = _check_pool(global_pool)
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,15 +160,28 @@ class SimpleNet(nn.Module):
         return intermediates if intermediates_only else (x, intermediates)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool, drop out, classify. With `global_pool=''` (timm's "no pooling") the map stays NCHW:
+        returned as it is without a classifier, else classified at every position."""
         if self.global_pool == "max":
             x = F.adaptive_max_pool2d(x, 1)
         elif self.global_pool == "avg":
             x = F.adaptive_avg_pool2d(x, 1)
-        x = F.dropout2d(x, self.last_dropout, training=self.training).flatten(1)
+        x = F.dropout2d(x, self.last_dropout, training=self.training)
+        if self.global_pool == "":
+            if pre_logits or isinstance(self.classifier, nn.Identity):
+                return x
+            return self.classifier(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = x.flatten(1)
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _check_pool(global_pool: str) -> str:
+    if global_pool not in ("max", "avg", ""):
+        raise ValueError(f"global_pool must be 'max', 'avg' or '' (no pooling), got {global_pool!r}")
+    return global_pool
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
@@ -186,13 +199,15 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SimpleNet:
 def _cfg(url: str = "", **kwargs) -> dict:
     return zoo_cfg(paper_ids="arXiv:1608.06037", license="mit", origin_url="https://github.com/Coderx7/SimpleNet_Pytorch",
                    paper_name="Lets keep it simple, Using simple architectures to outperform deeper and more complex "
-                   "architectures", first_conv="features.0", classifier="classifier", pool_size=(1, 1), url=url,
-                   **kwargs)  # fmt: skip
+                   "architectures", first_conv="features.0", classifier="classifier", url=url,
+                   **{"pool_size": (7, 7), **kwargs})  # fmt: skip
 
 
 _RELEASES = "https://github.com/Coderx7/SimpleNet_Pytorch/releases/download/v1.0.0/"
 _SNAPSHOTS = "https://github.com/Coderx7/SimpleNet_Pytorch/raw/master/cifar/snapshots/simplenetv1/"
-_CIFAR = {"input_size": (3, 32, 32), "crop_pct": 1.0, "interpolation": "bilinear"}
+# pool_size: forward_features' map at input_size (7x7 at 224 for ImageNet, 2x2 at 32 for CIFAR; the
+# extra-pool CIFAR layout pools once more, to 1x1)
+_CIFAR = {"input_size": (3, 32, 32), "crop_pct": 1.0, "interpolation": "bilinear", "pool_size": (2, 2)}
 _CIFAR10 = dict(_CIFAR, num_classes=10, mean=(0.4914, 0.4824, 0.4467), std=(0.2471, 0.2435, 0.2616))
 _CIFAR100 = dict(_CIFAR, num_classes=100, mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
 default_cfgs = generate_default_cfgs({
@@ -206,9 +221,11 @@ default_cfgs = generate_default_cfgs({
     "simplenetv1_small_m2_075.in1k": _cfg(_RELEASES + "simplenetv1_small_m2_075-609ff4da.pth"),
     "simplenet_cifar_5m": _cfg(**_CIFAR10),
     "simplenet_cifar_5m_extra_pool.cifar10": _cfg(
-        _SNAPSHOTS + "CIFAR10/95.51/best_chkpt_simplenet_cifar10_2018-12-25_00-34-57.pth.tar", **_CIFAR10),
+        _SNAPSHOTS + "CIFAR10/95.51/best_chkpt_simplenet_cifar10_2018-12-25_00-34-57.pth.tar",
+        **dict(_CIFAR10, pool_size=(1, 1))),
     "simplenet_cifar_5m_extra_pool.cifar100": _cfg(
-        _SNAPSHOTS + "CIFAR100/78.37/best_chkpt_simplenet_cifar100_2018-12-25_06-02-38.pth.tar", **_CIFAR100),
+        _SNAPSHOTS + "CIFAR100/78.37/best_chkpt_simplenet_cifar100_2018-12-25_06-02-38.pth.tar",
+        **dict(_CIFAR100, pool_size=(1, 1))),
     "simplenet_cifar_460k": _cfg(**_CIFAR10),
     "simplenet_cifar_310k": _cfg(**_CIFAR10),
     "simplenet_tiny_test": _cfg(**_CIFAR10),
