@@ -166,13 +166,12 @@ def test_checkpoint_path_loads_an_official_file_offline(arch, tmp_path):
     assert_close_scaled(logits, expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", sorted(ZOO))
-def test_pretrained_goes_through_the_real_download_code(arch, tmp_path, monkeypatch):
-    """pretrained=True uses timm's hub download; here the download returns a file the test wrote."""
+def _fake_hub(arch: str, tmp_path, monkeypatch) -> tuple[dict, dict, list]:
+    """A pretrained cfg whose hub download returns an official-layout file the test wrote: (cfg, the
+    reference record, the (repo, filename) requests made)."""
     import timm.models._hub as hub
 
     reference = _official_checkpoint(arch, tmp_path / "weights.pth")
-    name = ZOO[arch][1]
     requested = []
 
     def fake_download(repo_id, filename, **kwargs):
@@ -182,13 +181,43 @@ def test_pretrained_goes_through_the_real_download_code(arch, tmp_path, monkeypa
         return str(tmp_path / "weights.pth")
 
     monkeypatch.setattr(hub, "hf_hub_download", fake_download)
-    cfg = dict(copy.deepcopy(timm.models.get_pretrained_cfg(name).to_dict()), hf_hub_id="org/repo",
+    cfg = dict(copy.deepcopy(timm.models.get_pretrained_cfg(ZOO[arch][1]).to_dict()), hf_hub_id="org/repo",
                hf_hub_filename="weights.pth", url="", num_classes=reference["config"]["num_classes"])  # fmt: skip
-    model = create_model(name, pretrained=True, pretrained_cfg=cfg, **reference["config"]).eval()
+    return cfg, reference, requested
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_pretrained_goes_through_the_real_download_code(arch, tmp_path, monkeypatch):
+    """pretrained=True uses timm's hub download; here the download returns a file the test wrote."""
+    cfg, reference, requested = _fake_hub(arch, tmp_path, monkeypatch)
+    model = create_model(ZOO[arch][1], pretrained=True, pretrained_cfg=cfg, **reference["config"]).eval()
     assert ("org/repo", "weights.pth") in requested
     with torch.no_grad():
         logits = model(probe_input(reference["input_shape"]))
     assert_close_scaled(logits, torch.tensor(reference["train_logits"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_pretrained_weights_adapt_like_timms_own(arch, tmp_path, monkeypatch):
+    """What timm's test_model_load_pretrained / features_pretrained ask, offline and with outputs
+    checked: one input channel (the first conv's weights summed, so a grey image gives the RGB
+    model's logits for that image repeated), a new or no classifier, and features_only."""
+    cfg, reference, _ = _fake_hub(arch, tmp_path, monkeypatch)
+    config = {k: v for k, v in reference["config"].items() if k != "num_classes"}
+    name = ZOO[arch][1]
+    rgb = create_model(name, pretrained=True, pretrained_cfg=cfg, **reference["config"]).eval()
+    grey = create_model(name, pretrained=True, pretrained_cfg=cfg, in_chans=1, num_classes=5, **config).eval()
+    no_head = create_model(name, pretrained=True, pretrained_cfg=cfg, num_classes=0, **config).eval()
+    features = create_model(name, pretrained=True, pretrained_cfg=cfg, features_only=True, **config).eval()
+    x = probe_input(reference["input_shape"])
+    x_grey = x.mean(dim=1, keepdim=True)
+    with torch.no_grad():
+        assert grey(x_grey).shape == (x.shape[0], 5)
+        assert_close_scaled(grey.forward_features(x_grey), rgb.forward_features(x_grey.expand_as(x)), rtol=1e-5)
+        assert_close_scaled(no_head(x), rgb.forward_head(rgb.forward_features(x), pre_logits=True), rtol=1e-5)
+        expected = rgb.forward_intermediates(x, intermediates_only=True)
+        for index, feature_map in zip(features.feature_info.out_indices, features(x), strict=True):
+            assert_close_scaled(feature_map, expected[index], rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", sorted(ZOO))

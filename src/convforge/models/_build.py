@@ -8,8 +8,6 @@ the second it stops with the links and the `checkpoint_path=` to use, instead of
 randomly initialised model.
 """
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 from typing import Any

@@ -10,8 +10,6 @@ A subclass sets `self.stem`, `self.stages` (an nn.Sequential of modules with `gr
 `self.head_hidden_size`, `self.num_classes` and `self.feature_info`.
 """
 
-from __future__ import annotations
-
 import torch
 from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices

@@ -16,8 +16,6 @@ Module names follow timm (`stem`, `stages.N.downsample`, `stages.N.blocks.M`, `h
 `checkpoint_filter_fn` maps the official keys. Nothing in HorNet re-parameterizes.
 """
 
-from __future__ import annotations
-
 from functools import partial
 
 import torch
@@ -50,10 +48,11 @@ class GlobalLocalFilter(nn.Module):
         local = self.dw(local)
         batch, channels, height, width = spectral.shape
         spectrum = torch.fft.rfft2(spectral.float(), dim=(2, 3), norm="ortho")
-        weight = self.complex_weight
-        if weight.shape[1:3] != spectrum.shape[2:4]:
-            weight = F.interpolate(weight.permute(3, 0, 1, 2), size=spectrum.shape[2:4], mode="bilinear",
-                                   align_corners=True).permute(1, 2, 3, 0)  # fmt: skip
+        # resized to the input's frequency grid unconditionally, not only when the sizes differ as in the
+        # official code: at equal sizes align_corners bilinear is an exact copy, and without the branch
+        # on shapes the filter traces (FX, torch.export) for every input size
+        weight = F.interpolate(self.complex_weight.permute(3, 0, 1, 2), size=spectrum.shape[2:4],
+                               mode="bilinear", align_corners=True).permute(1, 2, 3, 0)  # fmt: skip
         spectrum = spectrum * torch.view_as_complex(weight.float().contiguous())
         spectral = torch.fft.irfft2(spectrum, s=(height, width), dim=(2, 3), norm="ortho").to(local.dtype)
         # interleave the two halves channel by channel, as the official implementation does
@@ -88,8 +87,8 @@ class GnConv(nn.Module):
         first, rest = torch.split(self.proj_in(x), (self.dims[0], sum(self.dims)), dim=1)
         gates = torch.split(self.dwconv(rest) * self.scale, self.dims, dim=1)
         x = first * gates[0]
-        for projection, gate in zip(self.pws, gates[1:], strict=True):
-            x = projection(x) * gate
+        for i, projection in enumerate(self.pws):  # TorchScript iterates a ModuleList, not a zip of one
+            x = projection(x) * gates[i + 1]
         return self.proj_out(x)
 
 

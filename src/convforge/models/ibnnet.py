@@ -16,8 +16,6 @@ with a fixed 7x7 window (224x224 input); timm's adaptive pooling computes the sa
 works at other sizes.
 """
 
-from __future__ import annotations
-
 import torch
 from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet

@@ -17,9 +17,11 @@ fastest, the way `cudnn.benchmark` does on a GPU:
 
 Every candidate agrees with `F.conv2d` within 1e-5 relative (tests/models/test_large_kernel.py).
 Set `CONVFORGE_LARGE_KERNEL_AUTOTUNE=0` to always use plain `F.conv2d`.
-"""
 
-from __future__ import annotations
+Graphs (TorchScript, FX, `torch.jit.trace`, torch.export, torch.compile) never see the autotuning: they
+record one standard convolution, the size-free plain one or, where they specialise on the input size,
+the one with padding-only taps cropped (models/padding_taps.py; tests/models/test_graphs.py).
+"""
 
 import os
 import statistics
@@ -28,9 +30,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from convforge.models.padding_taps import useful_taps
+from convforge.models.padding_taps import PaddingAwareConv2d, records_size_free_graph, useful_taps
 
 _PLANS: dict[tuple, str] = {}
 _TRIALS = 3
@@ -64,7 +65,9 @@ def _fast_length(n: int) -> int:
         n += 1
 
 
-def reach_cropped(weight: torch.Tensor, dilation: int, height: int, width: int) -> tuple[torch.Tensor, tuple]:
+def reach_cropped(
+    weight: torch.Tensor, dilation: int, height: int, width: int
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """The taps of a same-padded kernel that can touch an input of this size, and their padding.
 
     A tap whose offset from the centre is at least the input's side reads only padding, whatever the
@@ -80,21 +83,19 @@ def reach_cropped(weight: torch.Tensor, dilation: int, height: int, width: int) 
     return weight[..., top : bottom + 1, left : right + 1], (pad_h, pad_w)
 
 
-class DepthwiseConv2d(nn.Conv2d):
+class DepthwiseConv2d(PaddingAwareConv2d):
     """A same-padded, stride-1 depthwise `nn.Conv2d` (optionally dilated) that skips the taps which can
-    only read padding on small inputs (`reach_cropped`): exact, and much faster when large or dilated
-    kernels meet small feature maps, as they do deep in a network at CIFAR resolution."""
+    only read padding on small inputs (`PaddingAwareConv2d`): exact, and much faster when large or
+    dilated kernels meet small feature maps, as they do deep in a network at CIFAR resolution."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int = 1, bias: bool = True):
         super().__init__(channels, channels, kernel_size, stride=1, padding=dilation * (kernel_size // 2),
                          dilation=dilation, groups=channels, bias=bias)  # fmt: skip
 
-    def cropped(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    @torch.jit.unused
+    def cropped(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The kernel taps that reach an input of `x`'s size, and the padding they need."""
         return reach_cropped(self.weight, self.dilation[0], x.shape[-2], x.shape[-1])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, padding = self.cropped(x)
-        return F.conv2d(x, weight, self.bias, padding=padding, dilation=self.dilation, groups=self.groups)
 
 
 class LargeKernelDWConv2d(DepthwiseConv2d):
@@ -104,17 +105,17 @@ class LargeKernelDWConv2d(DepthwiseConv2d):
     def __init__(self, channels: int, kernel_size: int, bias: bool = True):
         super().__init__(channels, kernel_size, dilation=1, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @torch.jit.unused
+    def forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         if (
             self.training
             or torch.is_grad_enabled()
+            or records_size_free_graph(x)
             or x.device.type != "cpu"
-            or not _autotune_enabled()
-            or torch.jit.is_tracing()
-            or torch.jit.is_scripting()
             or torch.compiler.is_compiling()
+            or not _autotune_enabled()
         ):
-            return super().forward(x)  # graphs for export/compile keep the one standard op
+            return super().forward_eager(x)  # graphs for export/compile keep the one standard op
         weight, _ = self.cropped(x)
         key = (tuple(x.shape), x.dtype, _layout(x), weight.shape[-2:], self.bias is not None)
         plan = _PLANS.get(key)

@@ -17,8 +17,6 @@ training. Results agree with `F.conv2d` up to float rounding (fewer terms are su
 taps' gradients are exactly zero (tests/models/test_padding_taps.py).
 """
 
-from __future__ import annotations
-
 import functools
 
 import torch
@@ -74,10 +72,28 @@ def conv2d_without_padding_taps(
 
 
 class PaddingAwareConv2d(nn.Conv2d):
-    """An `nn.Conv2d` that skips the taps which can only read padding on small inputs (module docstring)."""
+    """An `nn.Conv2d` that skips the taps which can only read padding on small inputs (module docstring).
+
+    Which taps to skip depends on the input's size, so a graph that must hold for every size
+    (TorchScript, `torch.jit.trace`, FX) records the plain convolution instead: the same result up to
+    float rounding. torch.export and torch.compile specialise on the size and keep the skipping."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._conv_forward(x, self.weight, self.bias)
+        return self.forward_eager(x)
+
+    @torch.jit.unused
+    def forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        if records_size_free_graph(x):
+            return self._conv_forward(x, self.weight, self.bias)
         return conv2d_without_padding_taps(x, self)
+
+
+def records_size_free_graph(x: torch.Tensor) -> bool:
+    """True while `x` flows through a graph recorder whose graph must hold for any input size: FX's
+    symbolic tracing (`x` is a Proxy) or `torch.jit.trace` (which would bake in this size's crop)."""
+    return isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing()
 
 
 def skip_padding_taps(model: nn.Module) -> int:

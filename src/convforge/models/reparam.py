@@ -6,8 +6,6 @@ or timm's `fuse()` / `switch_to_deploy()`), so convforge's zoo and timm's re-par
 their weights (float64 works), and folding twice is a no-op.
 """
 
-from __future__ import annotations
-
 import copy
 
 import torch

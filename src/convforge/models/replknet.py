@@ -17,8 +17,6 @@ Where this differs from the official code, on purpose: `reparameterize()` is ide
 `checkpoint_filter_fn`. Deployed form (`deploy=True`) = the official `small_kernel_merged=True`.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 
 import torch

@@ -15,8 +15,6 @@ The layer layout (and so every state-dict key, `features.N`/`classifier`) follow
 so its checkpoints load unchanged; `checkpoint_filter_fn` only unwraps the CIFAR training checkpoints.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
@@ -168,7 +166,7 @@ class SimpleNet(nn.Module):
             x = F.adaptive_avg_pool2d(x, 1)
         x = F.dropout2d(x, self.last_dropout, training=self.training)
         if self.global_pool == "":
-            if pre_logits or isinstance(self.classifier, nn.Identity):
+            if pre_logits or self.num_classes == 0:  # no classifier (an Identity)
                 return x
             return self.classifier(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         x = x.flatten(1)

@@ -23,8 +23,6 @@ Parameter counts equal the official definitions' (tests/models/test_zoo_counts.p
 tables count the deployed model.
 """
 
-from __future__ import annotations
-
 from functools import partial
 
 import torch
@@ -68,29 +66,45 @@ class GRN(nn.Module):
         return out + self.beta if self.beta is not None else out
 
 
+class DilatedBranch(nn.Module):
+    """One parallel branch of the Dilated Reparam Block: a dilated small depthwise conv, then BN."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int):
+        super().__init__()
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.conv = DepthwiseConv2d(channels, kernel_size, dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
 class DilatedReparamBlock(nn.Module):
     """A large depthwise kernel plus parallel dilated small kernels, each followed by BN; in eval
-    mode exactly one large depthwise convolution after `reparameterize()`."""
+    mode exactly one large depthwise convolution after `reparameterize()`.
+
+    The branches live in a ModuleList (`dilated_branches.I.conv`/`.bn`), so that TorchScript can
+    iterate them; the official names (`dil_conv_k5_1`, `dil_bn_k5_1`, also used by convforge before)
+    are renamed when a state dict is loaded."""
 
     def __init__(self, channels: int, kernel_size: int, deploy: bool = False):
         super().__init__()
         if kernel_size not in DILATED_BRANCHES:
             raise ValueError(f"Dilated Reparam Block kernel size must be one of {sorted(DILATED_BRANCHES)}")
         self.kernel_size = kernel_size
-        self.branches = DILATED_BRANCHES[kernel_size]
         self.lk_origin = LargeKernelDWConv2d(channels, kernel_size, bias=deploy)
         self.origin_bn = None if deploy else nn.BatchNorm2d(channels)
-        if not deploy:
-            for k, r in self.branches:
-                setattr(self, f"dil_conv_k{k}_{r}", DepthwiseConv2d(channels, k, dilation=r, bias=False))
-                setattr(self, f"dil_bn_k{k}_{r}", nn.BatchNorm2d(channels))
+        self.dilated_branches = nn.ModuleList(
+            [] if deploy else [DilatedBranch(channels, k, r) for k, r in DILATED_BRANCHES[kernel_size]]
+        )
+        self.register_load_state_dict_pre_hook(_rename_official_branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.origin_bn is None:
             return self.lk_origin(x)
         out = self.origin_bn(self.lk_origin(x))
-        for k, r in self.branches:
-            out = out + getattr(self, f"dil_bn_k{k}_{r}")(getattr(self, f"dil_conv_k{k}_{r}")(x))
+        for branch in self.dilated_branches:
+            out = out + branch(x)
         return out
 
     @torch.no_grad()
@@ -98,16 +112,27 @@ class DilatedReparamBlock(nn.Module):
         if self.origin_bn is None:
             return
         weight, bias = fuse_bn(self.lk_origin.weight, self.lk_origin.bias, self.origin_bn)
-        for k, r in self.branches:
-            branch_weight, branch_bias = fuse_bn(
-                getattr(self, f"dil_conv_k{k}_{r}").weight, None, getattr(self, f"dil_bn_k{k}_{r}")
-            )
-            weight = weight + pad_kernel_to(dilate_kernel(branch_weight, r), self.kernel_size)
+        for branch in self.dilated_branches:
+            branch_weight, branch_bias = fuse_bn(branch.conv.weight, None, branch.bn)
+            weight = weight + pad_kernel_to(dilate_kernel(branch_weight, branch.dilation), self.kernel_size)
             bias = bias + branch_bias
-            delattr(self, f"dil_conv_k{k}_{r}")
-            delattr(self, f"dil_bn_k{k}_{r}")
         assign_weight_bias(self.lk_origin, weight, bias)
+        self.dilated_branches = nn.ModuleList()
         self.origin_bn = None
+
+
+def _rename_official_branches(block: DilatedReparamBlock, state_dict: dict, prefix: str, *args) -> None:
+    rename_branch_keys(state_dict, prefix, block.kernel_size)
+
+
+def rename_branch_keys(state_dict: dict, prefix: str, kernel_size: int) -> None:
+    """`dil_conv_k{k}_{r}.*` / `dil_bn_k{k}_{r}.*` -> `dilated_branches.{i}.conv.*` / `.bn.*` under
+    `prefix` (one Dilated Reparam Block of this kernel size), in place."""
+    for index, (k, r) in enumerate(DILATED_BRANCHES[kernel_size]):
+        for old, new in ((f"dil_conv_k{k}_{r}.", "conv."), (f"dil_bn_k{k}_{r}.", "bn.")):
+            old_prefix, new_prefix = prefix + old, f"{prefix}dilated_branches.{index}.{new}"
+            for key in [key for key in state_dict if key.startswith(old_prefix)]:
+                state_dict[new_prefix + key[len(old_prefix) :]] = state_dict.pop(key)
 
 
 class UniRepLKNetBlock(nn.Module):
@@ -243,30 +268,34 @@ DEFAULT_KERNEL_SIZES = {
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """Map an official UniRepLKNet checkpoint (training or deployed form) to convforge's names."""
-    state_dict = unwrap_checkpoint(state_dict)
-    if "downsample_layers.0.0.weight" not in state_dict:
-        return state_dict  # already convforge's layout
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        if key.startswith("downsample_layers.0."):
-            new = "stem." + key[len("downsample_layers.0.") :]
-        elif key.startswith("downsample_layers."):
-            _, stage, rest = key.split(".", 2)
-            new = f"stages.{stage}.downsample.{rest}"
-        elif key.startswith("stages."):
-            _, stage, block, rest = key.split(".", 3)
-            rest = (rest.replace("se.down.", "se.fc1.").replace("se.up.", "se.fc2.")
-                    .replace("pwconv1.1.", "pwconv1.").replace("act.1.", "grn.")
-                    .replace("pwconv2.0.", "pwconv2.").replace("pwconv2.2.", "pwconv2_bn."))  # fmt: skip
-            new = f"stages.{stage}.blocks.{block}.{rest}"
-        elif key.startswith("norm."):
-            new = "head." + key
-        elif key.startswith("head."):
-            new = "head.fc." + key[len("head.") :]
-        out[new] = value
-    return out
+    """Map an official UniRepLKNet checkpoint (training or deployed form) to convforge's names; a
+    convforge state dict passes through, its branches renamed if it predates `dilated_branches`."""
+    state_dict = dict(unwrap_checkpoint(state_dict))
+    if "downsample_layers.0.0.weight" in state_dict:
+        state_dict = {_official_to_timm_name(key): value for key, value in state_dict.items()}
+    for name, module in model.named_modules():
+        if isinstance(module, DilatedReparamBlock):
+            rename_branch_keys(state_dict, name + ".", module.kernel_size)
+    return state_dict
+
+
+def _official_to_timm_name(key: str) -> str:
+    if key.startswith("downsample_layers.0."):
+        return "stem." + key[len("downsample_layers.0.") :]
+    if key.startswith("downsample_layers."):
+        _, stage, rest = key.split(".", 2)
+        return f"stages.{stage}.downsample.{rest}"
+    if key.startswith("stages."):
+        _, stage, block, rest = key.split(".", 3)
+        rest = (rest.replace("se.down.", "se.fc1.").replace("se.up.", "se.fc2.")
+                .replace("pwconv1.1.", "pwconv1.").replace("act.1.", "grn.")
+                .replace("pwconv2.0.", "pwconv2.").replace("pwconv2.2.", "pwconv2_bn."))  # fmt: skip
+        return f"stages.{stage}.blocks.{block}.{rest}"
+    if key.startswith("norm."):
+        return "head." + key
+    if key.startswith("head."):
+        return "head.fc." + key[len("head.") :]
+    return key
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> UniRepLKNet:
