@@ -34,12 +34,12 @@ COMMANDS = {
     "convforge --version": [*CLI, "--version"],
 }
 TARGET_SECONDS = 1.0
-_HEAVY = ("torch", "torchvision", "timm", "numpy", "onnxruntime", "fastapi", "torch_pruning")
+_HEAVY = ("torch", "torchvision", "timm", "numpy", "PIL", "matplotlib", "onnxruntime", "fastapi", "torch_pruning")
 _PROBE = (
     "import sys\n"
     "from convforge.cli import app\n"
     "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
-    f"print(','.join(m for m in {_HEAVY!r} if m in sys.modules))\n"
+    f"print('heavy:' + ','.join(m for m in {_HEAVY!r} if m in sys.modules))\n"
 )
 
 
@@ -70,7 +70,8 @@ def main() -> None:
         verdict = "yes" if median < TARGET_SECONDS else "no"
         print(f"| `{name}` | {median:.2f} | {min(seconds):.2f} | {max(seconds):.2f} | {verdict} |", flush=True)
     probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True)
-    imported = [m for m in probe.stdout.strip().splitlines()[-1].split(",") if m]
+    marker = [line for line in probe.stdout.splitlines() if line.startswith("heavy:")][-1]
+    imported = [m for m in marker.removeprefix("heavy:").split(",") if m]
     print(f"\nheavy modules imported by `convforge --help`: {', '.join(imported) or 'none'}")
     result = {"benchmark": "cli_startup", "repeats": args.repeats, "rows": rows,
               "imported_by_help": imported, "hardware": hardware}  # fmt: skip

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from convforge.checkpoint import load_model
-from convforge.cli.robust import robustness_card
 from convforge.robust.attacks import parse_epsilon
+from convforge.robust.card import robustness_card
 from convforge.runs import describe_hardware
 from convforge.train import TrainConfig, train
 

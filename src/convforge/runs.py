@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from convforge._version import __version__
 from convforge.errors import RunFolderError
 
 RUN_FILE = "run.json"
@@ -38,6 +39,8 @@ MODEL_FILE = "model.json"
 ARTIFACTS_DIR = "artifacts"
 CHECKPOINTS_DIR = "checkpoints"
 REPORT_FILE = "report.html"
+EXPLAIN_DIR = "explain"  # under ARTIFACTS_DIR: `convforge explain` overlays and grids
+ROBUST_DIR = "robust"  # under ARTIFACTS_DIR: `convforge robust` curves and table
 
 
 @functools.cache
@@ -105,8 +108,6 @@ class Run:
         run = cls(path)
         check_free(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
-        from convforge import __version__
-
         info = {
             "format": 1,
             "name": run.path.name,

@@ -174,3 +174,24 @@ def test_tables_are_not_wrapped_at_80_columns_without_a_terminal(tiny_run):
                           capture_output=True, text=True, env=env, check=True)  # fmt: skip
     weakest = next(line for line in done.stdout.splitlines() if "weakest classes" in line)
     assert weakest.count("%") == 3 and "…" not in done.stdout
+
+
+def test_train_from_a_config_file_with_flags_on_top(tmp_path):
+    """`--config` gives every option a key (min_lr, pad have no flag); flags given on the command line
+    win over the file; what ran is what run.json records."""
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"data: {TINY_SHAPES}\nmodel: {TINY_MODEL}\n"
+        f"model_kwargs: {json.dumps(TINY_MODEL_KWARGS)}\n"
+        "optimisation: {epochs: 3, lr: 0.004, min_lr: 2.0e-5, batch_size: 64}\n"
+        "augmentation: {crop: pad, pad: 2}\n"
+    )
+    out = tmp_path / "run"
+    result = invoke("train", "--config", config, "--epochs", "1", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "run.json").read_text())["config"]
+    assert (recorded["epochs"], recorded["lr"], recorded["min_lr"], recorded["pad"]) == (1, 0.004, 2e-5, 2)
+    assert recorded["batch_size"] == 64 and recorded["model_kwargs"] == TINY_MODEL_KWARGS
+    _assert_user_error(invoke("train", "--config", tmp_path / "missing.yaml"), "does not exist")
+    config.write_text("optimisation: {mixup: 0.2}\n")
+    _assert_user_error(invoke("train", "--config", config), "belongs to 'augmentation'")

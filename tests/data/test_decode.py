@@ -135,3 +135,12 @@ def test_grayscale_and_rgb_modes():
     assert as_l.shape == (3, 3, 1)
     expected = np.asarray(Image.fromarray(rgb).convert("L"))
     np.testing.assert_array_equal(as_l[..., 0], expected)
+
+
+def test_default_pixel_limit_is_pillows_own():
+    """The CLI shows the limit without importing Pillow; it must stay Pillow's default."""
+    from PIL import Image
+
+    from convforge.data.limits import DEFAULT_MAX_PIXELS
+
+    assert DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS

@@ -1,6 +1,5 @@
-"""What every command shares: user-error handling, --quiet/--json output, small parsers."""
-
-from __future__ import annotations
+"""What every command shares: user-error handling, --quiet/--json output, options declared once,
+small parsers. Imports no library module that imports torch (the CLI stays fast to start)."""
 
 import functools
 import json
@@ -16,11 +15,14 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from convforge.errors import ConfigError, UserError
-from convforge.train.evaluate import EvalResult
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+SplitOption = Annotated[str | None, typer.Option(help="Dataset split (default: test, else val, else all).")]
+StrictOption = Annotated[bool, typer.Option(help="Stop on unreadable images instead of skipping them.")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")]
+AmpOption = Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16, fp16 or off.")]
 MaxPixelsOption = Annotated[
     int,
     typer.Option(help="Refuse images that declare more pixels than this (decompression bombs).", min=1),
@@ -114,19 +116,3 @@ def parse_key_values(items: Sequence[str] | None, option: str) -> dict[str, Any]
 
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def eval_table(result: EvalResult, title: str) -> Table:
-    """Top-1, top-5 and the worst classes of an evaluation, as a rich table."""
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("split", f"{result.split} ({result.images} images)")
-    table.add_row("top-1", percent(result.top1))
-    table.add_row(f"top-{result.topk}", percent(result.top5))
-    table.add_row("loss", f"{result.loss:.4f}")
-    if result.calibration is not None:
-        table.add_row("calibration error (ECE)", f"{result.calibration['ece']:.4f}")
-    worst = sorted((v, k) for k, v in result.per_class.items() if v is not None)[:3]
-    table.add_row("weakest classes", ", ".join(f"{k} {percent(v)}" for v, k in worst))
-    return table

@@ -1,21 +1,13 @@
 """`convforge demo`: the whole life of a model on the built-in shapes data, in one command."""
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from convforge.checkpoint import load_model
-from convforge.cli.common import Output, QuietOption, eval_table, percent, user_errors
-from convforge.cli.explain import comparison_table, dataset_inputs, explain_into_run
-from convforge.cli.robust import print_card, robustness_card, write_card
-from convforge.report import build_report
-from convforge.runs import Run, next_run_dir
-from convforge.train import TrainConfig, TrainProgress, train
-from convforge.train.setup import resolve_device
+from convforge.cli.common import Output, QuietOption, percent, user_errors
+from convforge.cli.tables import comparison_table, eval_table, print_card
 
 # A narrow ResNet-10 (timm's resnet10t with fewer channels, ~0.5M parameters) on 48-px shapes. The demo
 # must finish in 3 minutes on the slowest CPU we meet (2-core AVX2, fp32) and reach 97%+ whatever the
@@ -57,6 +49,17 @@ def demo_command(
     Example: convforge demo
     """
     output = Output(quiet)
+    from convforge.checkpoint import load_model
+    from convforge.device import resolve_device
+    from convforge.explain.artifacts import explain_into_run
+    from convforge.explain.inputs import dataset_inputs
+    from convforge.report import build_report
+    from convforge.robust.card import robustness_card, write_card
+    from convforge.runs import Run, next_run_dir
+    from convforge.train.config import TrainConfig
+    from convforge.train.engine import train
+    from convforge.train.progress import TrainProgress
+
     started = time.perf_counter()
     out = out or next_run_dir("runs", "demo")
     output.message(

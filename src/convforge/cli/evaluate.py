@@ -1,29 +1,27 @@
-"""`convforge eval RUN DATA`: evaluate a run's model on a dataset."""
-
-from __future__ import annotations
+"""`convforge eval RUN DATA`: evaluate a run's model on a dataset (library imports in the body)."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from convforge.checkpoint import load_model
 from convforge.cli.common import (
+    AmpOption,
+    BatchSizeOption,
     DeviceOption,
     JsonOption,
     MaxPixelsOption,
     Output,
     QuietOption,
-    eval_table,
+    StrictOption,
     user_errors,
 )
-from convforge.data import absolute_spec, load_dataset
-from convforge.data.decode import DEFAULT_MAX_PIXELS
+from convforge.cli.tables import eval_table
+from convforge.data.limits import DEFAULT_MAX_PIXELS
 from convforge.errors import DatasetError
-from convforge.runs import Run
-from convforge.train.evaluate import align_classes, evaluate, missing_classes
-from convforge.train.samples import save_prediction_samples
-from convforge.train.setup import resolve_amp, resolve_device
+
+if TYPE_CHECKING:
+    from convforge.runs import Run
 
 
 @user_errors
@@ -37,10 +35,10 @@ def eval_command(
             "val is the validation split training held out of train."
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 256,
-    amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off.")] = "auto",
+    batch_size: BatchSizeOption = 256,
+    amp: AmpOption = "auto",
     device: DeviceOption = "auto",
-    strict: Annotated[bool, typer.Option(help="Stop on unreadable images instead of skipping them.")] = False,
+    strict: StrictOption = False,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
@@ -53,6 +51,14 @@ def eval_command(
     Example: convforge eval runs/resnet18 cifar10:data/cifar10-jpg.tar.gz --split test
     """
     output = Output(quiet, as_json)
+    from convforge.checkpoint import load_model
+    from convforge.data.sample import align_classes, missing_classes
+    from convforge.data.spec import absolute_spec, load_dataset
+    from convforge.device import resolve_amp, resolve_device
+    from convforge.run_samples import save_prediction_samples
+    from convforge.runs import Run
+    from convforge.train.evaluate import evaluate
+
     run = Run.open(run_path)
     target_device = resolve_device(device)
     model, spec = load_model(run.path, device=target_device)
@@ -102,9 +108,11 @@ def eval_command(
     )
 
 
-def _training_val_split(run: Run, data: str, split: str | None) -> dict:
+def _training_val_split(run: "Run", data: str, split: str | None) -> dict:
     """On the run's own training data, --split val means the validation split training carved out of
     train (same fraction, same seed), as recorded in run.json."""
+    from convforge.data.spec import absolute_spec
+
     info = run.info
     config = info.get("config", {})
     if split != "val" or info.get("stage") != "train" or absolute_spec(data) != config.get("data"):

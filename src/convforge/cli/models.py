@@ -1,7 +1,5 @@
 """`convforge models [PATTERN]`: the architectures convforge can build."""
 
-from __future__ import annotations
-
 from collections import defaultdict
 from contextlib import nullcontext
 from typing import Annotated
@@ -10,7 +8,6 @@ import typer
 from rich.table import Table
 
 from convforge.cli.common import JsonOption, Output, QuietOption, user_errors
-from convforge.models import list_models
 
 
 @user_errors
@@ -33,6 +30,8 @@ def models(
     Example: convforge models 'resnet1*' --input-size 64
     """
     output = Output(quiet, as_json)
+    from convforge.models import list_models
+
     if pattern is None and not all_models:
         infos = list_models(with_stats=False)
         families = defaultdict(list)

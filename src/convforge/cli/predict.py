@@ -1,6 +1,5 @@
-"""`convforge predict RUN IMAGE...`: top-k classes for image files or folders."""
-
-from __future__ import annotations
+"""`convforge predict RUN IMAGE...`: top-k classes for image files or folders (library imports in the
+body)."""
 
 from pathlib import Path
 from typing import Annotated
@@ -8,12 +7,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from convforge.checkpoint import load_model
-from convforge.cli.common import DeviceOption, JsonOption, MaxPixelsOption, Output, QuietOption, user_errors
-from convforge.data.decode import DEFAULT_MAX_PIXELS
-from convforge.deploy import expand_image_paths, predict_files
-from convforge.runs import Run
-from convforge.train.setup import resolve_amp, resolve_device
+from convforge.cli.common import (
+    AmpOption,
+    DeviceOption,
+    JsonOption,
+    MaxPixelsOption,
+    Output,
+    QuietOption,
+    user_errors,
+)
+from convforge.data.limits import DEFAULT_MAX_PIXELS
 
 
 @user_errors
@@ -23,7 +26,7 @@ def predict_command(
         list[str], typer.Argument(metavar="IMAGE...", help="Image files or folders of images.")
     ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image.")] = 3,
-    amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off.")] = "auto",
+    amp: AmpOption = "auto",
     device: DeviceOption = "auto",
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     quiet: QuietOption = False,
@@ -37,6 +40,12 @@ def predict_command(
     Example: convforge predict runs/demo photo1.jpg photos/ --top-k 3
     """
     output = Output(quiet, as_json)
+    from convforge.checkpoint import load_model
+    from convforge.data.decode import expand_image_paths
+    from convforge.deploy.predict import predict_files
+    from convforge.device import resolve_amp, resolve_device
+    from convforge.runs import Run
+
     run = Run.open(run_path)
     target_device = resolve_device(device)
     model, spec = load_model(run.path, device=target_device)

@@ -1,14 +1,11 @@
 """`convforge report RUN`: (re)build a run's self-contained HTML report."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from convforge.cli.common import JsonOption, Output, QuietOption, user_errors
-from convforge.report import build_report
 
 
 @user_errors
@@ -25,6 +22,8 @@ def report_command(
     Example: convforge report runs/demo
     """
     output = Output(quiet, as_json)
+    from convforge.report import build_report
+
     path = build_report(run_path)
     output.result({"report": str(path)}, text=f"report: {path}")
 

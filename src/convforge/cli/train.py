@@ -1,35 +1,42 @@
-"""`convforge train DATA --model NAME`: train a model into a run folder."""
+"""`convforge train DATA --model NAME`: train a model into a run folder (library imports in the
+body; the option defaults are `TrainConfig`'s, read without importing torch)."""
 
-from __future__ import annotations
-
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from convforge.cli.common import (
+    AmpOption,
+    BatchSizeOption,
     DeviceOption,
     JsonOption,
     MaxPixelsOption,
     Output,
     QuietOption,
-    eval_table,
+    StrictOption,
     parse_key_values,
     percent,
     user_errors,
 )
+from convforge.cli.tables import eval_table
 from convforge.errors import ConfigError
-from convforge.models import check_model_name
-from convforge.robust.attacks import parse_epsilon
-from convforge.train import TrainConfig, TrainProgress, TrainResult, resume, train_seeds
-from convforge.train.evaluate import EvalResult
-from convforge.train.position import parse_duration
+from convforge.train.config import TrainConfig
 
-_D = TrainConfig(data="")  # the library's defaults, shown in --help
+if TYPE_CHECKING:
+    from convforge.train.engine import TrainResult
+    from convforge.train.evaluate import EvalResult
+
+# the library's defaults, shown in --help
+_D = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(TrainConfig)})
+_EPS_DEFAULT = "8/255"
 
 
 @user_errors
 def train_command(
+    ctx: typer.Context,
     data: Annotated[
         str | None,
         typer.Argument(
@@ -40,7 +47,7 @@ def train_command(
         str, typer.Option("--model", "-m", help="Architecture name (convforge models).")
     ] = _D.model,
     epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = _D.epochs,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = _D.batch_size,
+    batch_size: BatchSizeOption = _D.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = _D.lr,
     opt: Annotated[str, typer.Option(help="Optimizer from timm: adamw, sgd, lamb, lion, ...")] = _D.opt,
     weight_decay: Annotated[float, typer.Option()] = _D.weight_decay,
@@ -71,9 +78,7 @@ def train_command(
     ] = None,
     ema: Annotated[bool, typer.Option(help="Keep an EMA of the weights and evaluate it.")] = _D.ema,
     clip_grad: Annotated[float | None, typer.Option(help="Clip the gradient norm to this value.")] = None,
-    amp: Annotated[
-        str, typer.Option(help="auto (bf16 where the hardware has it), bf16, fp16, off.")
-    ] = _D.amp,
+    amp: AmpOption = _D.amp,
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = _D.compile,
     device: DeviceOption = _D.device,
     seed: Annotated[int, typer.Option()] = _D.seed,
@@ -86,7 +91,7 @@ def train_command(
     val_fraction: Annotated[
         float, typer.Option(help="Share of train held out for validation when the data has no val split.")
     ] = _D.val_fraction,
-    strict: Annotated[bool, typer.Option(help="Stop on unreadable images instead of skipping them.")] = False,
+    strict: StrictOption = False,
     max_pixels: MaxPixelsOption = _D.max_pixels,
     pretrained: Annotated[
         bool, typer.Option(help="Start from the official weights (downloads them).")
@@ -101,7 +106,7 @@ def train_command(
     ] = None,
     eps: Annotated[
         str, typer.Option("--eps", help="Adversarial training budget (L-inf, on [0, 1] pixels): 8/255 or 0.031.")
-    ] = "8/255",
+    ] = _EPS_DEFAULT,
     adv_steps: Annotated[int, typer.Option(help="PGD steps per batch in adversarial training.")] = _D.adv_steps,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<model>).")
@@ -119,6 +124,14 @@ def train_command(
         Path | None,
         typer.Option("--resume", help="Continue this interrupted run (mid-epoch, from its last checkpoint)."),
     ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML file of training options by section (run keys, loading, optimisation, augmentation, "
+            "adversarial, machine); options given on the command line win over it.",
+        ),
+    ] = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -126,52 +139,49 @@ def train_command(
 
     Example: convforge train cifar10:data/cifar10-jpg.tar.gz --model resnet18 --epochs 20
 
+    From a config file: convforge train --config train.yaml --epochs 5
+
     Adversarially robust: convforge train shapes --model resnet18 --adv pgd --eps 8/255 --adv-steps 7
     """
     output = Output(quiet, as_json)
+    from convforge.models import check_model_name
+    from convforge.robust.attacks import parse_epsilon
+    from convforge.train.config import load_config_file
+    from convforge.train.engine import resume
+    from convforge.train.progress import TrainProgress
+    from convforge.train.seeds import train_seeds
+
     progress = TrainProgress(console=output.err, enabled=not output.quiet)
     if resume_run is not None:
         result = resume(resume_run, progress=progress)
         _print_result(output, result.run.path, result, result.test)
         return
-    if data is None:
-        raise ConfigError("give a dataset (DATA), or --resume RUN to continue an interrupted run")
-    check_model_name(model)
-    config = TrainConfig(
-        data=data,
-        model=model,
-        model_kwargs=parse_key_values(model_arg, "--model-arg"),
-        pretrained=pretrained,
-        epochs=epochs,
-        batch_size=batch_size,
-        opt=opt,
-        lr=lr,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        sched=sched,
-        warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing,
-        mixup=mixup,
-        cutmix=cutmix,
-        crop=crop,
-        hflip=None if hflip is None else (0.5 if hflip else 0.0),
-        img_size=img_size,
-        ema=ema,
-        clip_grad=clip_grad,
-        amp=amp,
-        compile=compile,
-        device=device,
-        seed=seed,
-        deterministic=deterministic,
-        val_fraction=val_fraction,
-        strict=strict,
-        max_pixels=max_pixels,
-        workers=workers,
-        adv=adv,
-        adv_eps=parse_epsilon(eps) if adv else _D.adv_eps,
-        adv_steps=adv_steps,
-        checkpoint_every=_duration(checkpoint_every),
-    )
+    # each TrainConfig field -> (the parameter that sets it, its value from the command line)
+    flags = {
+        "data": ("data", data),
+        "model": ("model", model),
+        "model_kwargs": ("model_arg", parse_key_values(model_arg, "--model-arg")),
+        "pretrained": ("pretrained", pretrained),
+        **{name: (name, value) for name, value in dict(
+            epochs=epochs, batch_size=batch_size, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum,
+            sched=sched, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
+            crop=crop, img_size=img_size, ema=ema, clip_grad=clip_grad, amp=amp, compile=compile, device=device,
+            seed=seed, deterministic=deterministic, val_fraction=val_fraction, strict=strict, max_pixels=max_pixels,
+            workers=workers, adv=adv, adv_steps=adv_steps,
+        ).items()},  # fmt: skip
+        "hflip": ("hflip", None if hflip is None else (0.5 if hflip else 0.0)),
+        "adv_eps": ("eps", parse_epsilon(eps) if adv or eps != _EPS_DEFAULT else _D.adv_eps),
+        "checkpoint_every": ("checkpoint_every", _duration(checkpoint_every)),
+    }
+    if config_file is None:
+        values = {name: value for name, (_, value) in flags.items()}
+    else:  # the file's values, and on top of them the options given on the command line
+        values = load_config_file(config_file)
+        values.update({name: value for name, (param, value) in flags.items() if _given(ctx, param)})
+    if values.get("data") is None:
+        raise ConfigError("give a dataset (DATA or `data:` in --config), or --resume RUN to continue a run")
+    check_model_name(values.get("model", _D.model))
+    config = TrainConfig(**values)
     results, summary = train_seeds(config, seeds, out, progress=progress, force=force)
     first = results[0]
     if seeds > 1:
@@ -181,7 +191,15 @@ def train_command(
     _print_result(output, first.run.path, first, first.test, summary if seeds > 1 else None)
 
 
+def _given(ctx: typer.Context, param: str) -> bool:
+    """Whether the user set this parameter (command line or environment), not its default."""
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
 def _duration(text: str) -> float | None:
+    from convforge.train.position import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -189,7 +207,7 @@ def _duration(text: str) -> float | None:
 
 
 def _print_result(
-    output: Output, run_path: Path, result: TrainResult, test: EvalResult | None, seeds: dict | None = None
+    output: Output, run_path: Path, result: "TrainResult", test: "EvalResult | None", seeds: dict | None = None
 ) -> None:
     if test is not None:
         output.table(eval_table(test, title=f"{run_path} — best epoch {result.best_epoch}"))

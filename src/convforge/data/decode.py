@@ -19,14 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from convforge.errors import ImageDecodeError
+from convforge.data.limits import DEFAULT_MAX_PIXELS
+from convforge.errors import DatasetError, ImageDecodeError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
-# Pillow's own threshold (it refuses images over twice this at open time).
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-
 _PILLOW_LIMIT_LOCK = threading.Lock()
 _DECODE_FAILURES = (
     OSError,
@@ -148,3 +146,20 @@ def _resize_and_center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Im
     img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
     left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
     return img.crop((left, top, left + out_w, top + out_h))
+
+
+def expand_image_paths(items: list[str | os.PathLike]) -> list[str]:
+    """Image files named directly or found (recursively, sorted) in named folders."""
+    files = []
+    for item in items:
+        path = Path(item)
+        if not path.exists():
+            raise DatasetError(f"{path} does not exist")
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not found:
+                raise DatasetError(f"folder {path} holds no image files")
+            files.extend(found)
+        else:
+            files.append(str(path))
+    return files

@@ -186,6 +186,22 @@ def _parse(spec: str) -> tuple[str, str]:
     return "folder", spec
 
 
+def is_dataset_spec(items: list[str]) -> bool:
+    """One argument that names a dataset: a scheme (shapes, mnist:...), an archive, or a folder of class
+    folders. Anything else (image files, folders of images) is not."""
+    if len(items) != 1:
+        return False
+    try:
+        body, _ = split_limit(items[0])
+        scheme, target = _parse(body)
+    except DatasetError:  # an unknown scheme or a bad limit: not a dataset, so taken for file names
+        return False
+    if scheme != "folder":
+        return True
+    path = Path(target).expanduser()
+    return (path.is_file() and is_archive(path)) or (path.is_dir() and any(p.is_dir() for p in path.iterdir()))
+
+
 def absolute_spec(spec: str) -> str:
     """The same spec with its path made absolute, so a run folder can be resumed from anywhere."""
     body, limit = split_limit(spec)

@@ -1,5 +1,11 @@
 """Using a trained model: prediction on image files (ONNX export and serving build on it)."""
 
-from convforge.deploy.predict import Prediction, expand_image_paths, predict_files
+from convforge._lazy import lazy_exports
 
-__all__ = ["Prediction", "expand_image_paths", "predict_files"]
+_EXPORTS = {
+    "Prediction": "convforge.deploy.predict",
+    "expand_image_paths": "convforge.data.decode",
+    "predict_files": "convforge.deploy.predict",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

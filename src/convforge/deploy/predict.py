@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from convforge.checkpoint import ModelSpec
-from convforge.data.decode import DEFAULT_MAX_PIXELS, decode_image, is_image_file
+from convforge.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from convforge.data.transforms import eval_transform
-from convforge.errors import DatasetError, ImageDecodeError
-from convforge.train.evaluate import autocast_context
+from convforge.device import autocast_context
+from convforge.errors import ImageDecodeError
 
 
 @dataclass
@@ -26,23 +24,6 @@ class Prediction:
         data = asdict(self)
         data["top"] = [{"class": name, "probability": p} for name, p in self.top] if self.top else None
         return data
-
-
-def expand_image_paths(items: list[str | os.PathLike]) -> list[str]:
-    """Image files named directly or found (recursively, sorted) in named folders."""
-    files = []
-    for item in items:
-        path = Path(item)
-        if not path.exists():
-            raise DatasetError(f"{path} does not exist")
-        if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
-            if not found:
-                raise DatasetError(f"folder {path} holds no image files")
-            files.extend(found)
-        else:
-            files.append(str(path))
-    return files
 
 
 @torch.no_grad()

@@ -1,25 +1,18 @@
 """Explain what a model looks at: CAM methods on the device, the target layer found automatically,
 and faithfulness measured (deletion/insertion, pointing game, sanity check, drift)."""
 
-from convforge.explain.cam import (
-    GRADIENT_METHODS,
-    METHODS,
-    Explainer,
-    Explanation,
-    explain,
-    normalize_maps,
-    principal_projection,
-)
-from convforge.explain.layers import TargetLayer, find_target_layer
+from convforge._lazy import lazy_exports
 
-__all__ = [
-    "GRADIENT_METHODS",
-    "METHODS",
-    "Explainer",
-    "Explanation",
-    "TargetLayer",
-    "explain",
-    "find_target_layer",
-    "normalize_maps",
-    "principal_projection",
-]
+_EXPORTS = {
+    "GRADIENT_METHODS": "convforge.explain.cam",
+    "METHODS": "convforge.explain.cam",
+    "Explainer": "convforge.explain.cam",
+    "Explanation": "convforge.explain.cam",
+    "explain": "convforge.explain.cam",
+    "normalize_maps": "convforge.explain.cam",
+    "principal_projection": "convforge.explain.cam",
+    "TargetLayer": "convforge.explain.layers",
+    "find_target_layer": "convforge.explain.layers",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -1,6 +1,12 @@
 """The HTML report of a run: one self-contained file built from the run folder's files only."""
 
-from convforge.report.build import build_report
-from convforge.report.sections import SECTIONS, Section, section
+from convforge._lazy import lazy_exports
 
-__all__ = ["SECTIONS", "Section", "build_report", "section"]
+_EXPORTS = {
+    "SECTIONS": "convforge.report.sections",
+    "Section": "convforge.report.sections",
+    "section": "convforge.report.sections",
+    "build_report": "convforge.report.build",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -117,7 +117,7 @@ def _step_chart(steps: list[dict[str, Any]]) -> str | None:
 
 
 def _augmented_grid(run: Run) -> str | None:
-    from convforge.train.samples import load_augmented_samples
+    from convforge.run_samples import load_augmented_samples
 
     samples = load_augmented_samples(run)
     classes = (run.info.get("data") or {}).get("classes")
@@ -187,7 +187,7 @@ def evaluation(run: Run) -> dict[str, Any] | None:
 
 @section("predictions", "Predictions", order=40)
 def predictions(run: Run) -> dict[str, Any] | None:
-    from convforge.train.samples import load_prediction_samples
+    from convforge.run_samples import load_prediction_samples
 
     samples = load_prediction_samples(run)
     if samples is None:

@@ -1,18 +1,16 @@
-"""The training engine, its configuration and evaluation."""
+"""The training engine, its configuration and evaluation (imported on first use)."""
 
-from convforge.train.config import TrainConfig
-from convforge.train.engine import TrainResult, resume, train
-from convforge.train.evaluate import EvalResult, evaluate
-from convforge.train.progress import TrainProgress
-from convforge.train.seeds import train_seeds
+from convforge._lazy import lazy_exports
 
-__all__ = [
-    "EvalResult",
-    "TrainConfig",
-    "TrainProgress",
-    "TrainResult",
-    "evaluate",
-    "resume",
-    "train",
-    "train_seeds",
-]
+_EXPORTS = {
+    "EvalResult": "convforge.train.evaluate",
+    "TrainConfig": "convforge.train.config",
+    "TrainProgress": "convforge.train.progress",
+    "TrainResult": "convforge.train.engine",
+    "evaluate": "convforge.train.evaluate",
+    "resume": "convforge.train.engine",
+    "train": "convforge.train.engine",
+    "train_seeds": "convforge.train.seeds",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -11,11 +11,11 @@ with the training budget, in eval mode and full precision.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from convforge.data.imageset import ImageSet
+from convforge.data.sample import spread_positions
 from convforge.data.transforms import Preprocessing, normalize, pixel_transform, unnormalize
 from convforge.models.prepared import frozen_parameters, model_prepared
 from convforge.robust.attacks import PixelSpaceModel, pgd
@@ -48,8 +48,7 @@ class Adversary:
     def robust_accuracy(self, model: nn.Module, split: ImageSet, device: torch.device, seed: int) -> float:
         """Accuracy under PGD (the training budget, at least 7 steps) on up to `val_images` images
         spread over `split`."""
-        count = min(self.val_images, len(split))
-        positions = np.unique(np.linspace(0, len(split) - 1, count).round().astype(np.int64))
+        positions = spread_positions(len(split), self.val_images)
         images = pixel_transform(torch.from_numpy(split.gather(positions)).to(device), self.preprocessing)
         labels = torch.from_numpy(split.labels[positions]).to(device)
         pixel_model = PixelSpaceModel(model, self.preprocessing.mean, self.preprocessing.std)

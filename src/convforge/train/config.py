@@ -1,14 +1,24 @@
-"""`TrainConfig`: every knob of a training run, stored in run.json so a run can be repeated or resumed."""
+"""`TrainConfig`: every knob of a training run, stored in run.json so a run can be repeated or resumed.
+
+The fields stay flat (`config.lr`, as in run.json since the first runs) and belong to sections
+(`SECTIONS`): a config file names them by section, `--help` could group by them, and distillation
+(issue 15) gets its own section rather than more loose fields. `load_config_file` reads such a file
+(YAML, or JSON, which YAML includes):
+
+    data: cifar10:data/cifar10-jpg.tar.gz
+    model: resnet18
+    optimisation: {epochs: 30, lr: 0.003, ema: true}
+    augmentation: {mixup: 0.2, crop: pad}
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from timm.optim import list_optimizers
-
-from convforge.checkpoint import check_self_contained_kwargs
-from convforge.data.decode import DEFAULT_MAX_PIXELS
+from convforge.data.limits import DEFAULT_MAX_PIXELS
 from convforge.errors import CheckpointError, ConfigError, did_you_mean
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -16,6 +26,19 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt")
 CROP_CHOICES = ("auto", "pad", "rrc", "none")
 ADVERSARIAL_CHOICES = ("pgd", "fgsm")
+
+# Every field in exactly one section (tests/train/test_config.py). "run" keys may also be written
+# at the top level of a config file; the others go under their section's name.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "run": ("data", "model", "model_kwargs", "pretrained", "seed", "deterministic", "checkpoint_every"),
+    "loading": ("val_fraction", "strict", "max_pixels", "workers"),  # how the images are read
+    "optimisation": ("epochs", "batch_size", "opt", "lr", "weight_decay", "momentum", "sched", "warmup_epochs",
+                     "min_lr", "label_smoothing", "clip_grad", "ema", "ema_decay"),  # fmt: skip
+    "augmentation": ("mixup", "cutmix", "crop", "pad", "hflip", "img_size"),
+    "adversarial": ("adv", "adv_eps", "adv_steps", "adv_step_size", "adv_val_images"),
+    "machine": ("amp", "channels_last", "skip_padding_taps", "compile", "device", "eval_batch_size"),
+    "distillation": (),  # the teacher and its loss weights join here with the compress work
+}
 
 
 @dataclass
@@ -66,6 +89,11 @@ class TrainConfig:
     adv_val_images: int = 512  # validation images attacked each epoch for the robust accuracy
 
     def __post_init__(self) -> None:
+        # imported here: the CLI reads this class's defaults without importing timm or torch
+        from timm.optim import list_optimizers
+
+        from convforge.checkpoint import check_self_contained_kwargs
+
         problems = []
         if self.epochs < 1:
             problems.append(f"epochs must be at least 1, got {self.epochs}")
@@ -118,3 +146,65 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training option(s) {unknown}.{did_you_mean(unknown[0], known)}")
         return cls(**data)
+
+    def to_sections(self) -> dict[str, Any]:
+        """The fields grouped by section, as a config file holds them ("run" keys at the top)."""
+        values = self.to_dict()
+        grouped: dict[str, Any] = {name: values[name] for name in SECTIONS["run"]}
+        for section, names in SECTIONS.items():
+            if section != "run" and names:
+                grouped[section] = {name: values[name] for name in names}
+        return grouped
+
+
+def section_of(name: str) -> str:
+    return next(section for section, names in SECTIONS.items() if name in names)
+
+
+def flatten_sections(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """A config file's mapping (sections, or "run" keys at the top) -> flat `TrainConfig` keywords."""
+    flat: dict[str, Any] = {}
+    every_field = [name for names in SECTIONS.values() for name in names]
+    for key, value in values.items():
+        if key in SECTIONS and key != "run":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: section {key!r} must map option names to values, got {value!r}")
+            for name, option in value.items():
+                if name not in SECTIONS[key]:
+                    where = f"it belongs to {section_of(name)!r}" if name in every_field else "no such option"
+                    raise ConfigError(
+                        f"{source}: {key}.{name}: {where}.{did_you_mean(name, SECTIONS[key] or every_field)}"
+                    )
+                flat[name] = option
+        elif key == "run" and isinstance(value, dict):
+            flat.update(flatten_sections(value, source))
+        elif key in SECTIONS["run"]:
+            flat[key] = value
+        elif key in every_field:
+            raise ConfigError(f"{source}: {key!r} belongs under the section {section_of(key)!r}")
+        else:
+            raise ConfigError(
+                f"{source}: unknown key {key!r}; sections are {', '.join(SECTIONS)}."
+                f"{did_you_mean(key, [*SECTIONS, *every_field])}"
+            )
+    return flat
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Flat `TrainConfig` keywords from a YAML (or JSON) config file; every mistake is a ConfigError."""
+    import yaml
+
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must be a mapping of options (or sections), got {type(values).__name__}")
+    return flatten_sections(values, str(path))

@@ -35,9 +35,11 @@ from convforge.checkpoint import ModelSpec, load_model, load_train_state, save_m
 from convforge.data import Dataset, absolute_spec
 from convforge.data.loader import BatchLoader
 from convforge.data.transforms import TrainAugment
+from convforge.device import autocast_context, resolve_amp, resolve_device
 from convforge.errors import RunFolderError, TrainingDiverged, UserError
 from convforge.models import create_model
 from convforge.models.padding_taps import skip_padding_taps
+from convforge.run_samples import save_augmented_samples, save_prediction_samples
 from convforge.runs import (
     CHECKPOINTS_DIR,
     Run,
@@ -48,17 +50,14 @@ from convforge.runs import (
 )
 from convforge.train.adversarial import Adversary
 from convforge.train.config import TrainConfig
-from convforge.train.evaluate import EvalResult, autocast_context, evaluate
+from convforge.train.evaluate import EvalResult, evaluate
 from convforge.train.position import CheckpointClock, EpochPosition, capture_rng, restore_rng
 from convforge.train.progress import TrainProgress
-from convforge.train.samples import save_augmented_samples, save_prediction_samples
 from convforge.train.setup import (
     build_loss,
     build_optimizer,
     epoch_seed,
     load_training_data,
-    resolve_amp,
-    resolve_device,
     resolve_preprocessing,
     set_deterministic,
 )

@@ -9,7 +9,6 @@ give the same figure.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +20,7 @@ from torch import nn
 from convforge.data.imageset import ImageSet
 from convforge.data.loader import BatchLoader
 from convforge.data.transforms import Preprocessing, eval_transform
-from convforge.errors import DatasetError
+from convforge.device import autocast_context
 
 
 @dataclass
@@ -44,12 +43,6 @@ class EvalResult:
         data.pop("predictions")
         data.pop("confidences")
         return data
-
-
-def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 @torch.no_grad()
@@ -137,31 +130,3 @@ def calibration(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) ->
         for i in range(bins) if count[i]
     ]  # fmt: skip
     return {"ece": ece, "bins": rows}
-
-
-def align_classes(imageset: ImageSet, model_classes: list[str], where: str) -> ImageSet:
-    """Relabel `imageset` to the model's class order, matching classes by name.
-
-    Data with only some of the model's classes is evaluated on those (the others get no per-class
-    accuracy; `missing_classes` names them); a class the model does not know is a user error."""
-    if list(imageset.classes) == list(model_classes):
-        return imageset
-    extra = sorted(set(imageset.classes) - set(model_classes))
-    if extra:
-        missing = sorted(set(model_classes) - set(imageset.classes))
-        raise DatasetError(
-            f"{where} has {len(imageset.classes)} classes but the model was trained on {len(model_classes)}: "
-            f"not in the data {missing[:10]}, not known to the model {extra[:10]}. Evaluate on data whose "
-            "classes are among the model's (the class folder names must match)"
-        )
-    to_model = np.array([model_classes.index(name) for name in imageset.classes], dtype=np.int64)
-    relabeled = imageset.subset(np.arange(len(imageset)))
-    relabeled.labels = to_model[imageset.labels]
-    relabeled.classes = list(model_classes)
-    return relabeled
-
-
-def missing_classes(data_classes: list[str], model_classes: list[str]) -> list[str]:
-    """The model's classes that the data has no folder (or label) for, in the model's order."""
-    present = set(data_classes)
-    return [name for name in model_classes if name not in present]

@@ -1,9 +1,11 @@
-"""Small samples kept for the report: evaluated images with their predictions (mistakes first), and
-the first training batch as augmented."""
+"""Small samples kept in a run folder for the report: evaluated images with their predictions
+(mistakes first), and the first training batch as augmented. Beside `runs.py`, below `train/` and
+`report/`: training and evaluation write them, the report reads them."""
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,7 +13,9 @@ import torch
 from convforge.data.imageset import ImageSet
 from convforge.data.transforms import Preprocessing
 from convforge.runs import Run, atomic_write_json
-from convforge.train.evaluate import EvalResult
+
+if TYPE_CHECKING:
+    from convforge.train.evaluate import EvalResult
 
 SAMPLES_FILE = "samples.npz"
 SAMPLES_META = "samples.json"

@@ -1,0 +1,62 @@
+"""Where and in what precision a model runs: the device, autocast, whether this CPU has fast bf16.
+
+On the ground floor (torch only) because training, evaluation, the CLI and deployment all ask."""
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from convforge.errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto (the GPU when there is one), cpu, cuda or cuda:N (for example cuda:LOCAL_RANK)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where autocast pays off.
+
+    oneDNN capped below its bf16 instruction sets (ONEDNN_MAX_CPU_ISA=AVX2, say, to reproduce an
+    AVX2-only machine) computes bf16 by conversion, slower than fp32, so the cap counts too."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if cap not in ("ALL", "DEFAULT", "") and "BF16" not in cap and "AMX" not in cap:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: 'auto' picks bf16 where the hardware computes it natively (measured faster,
+    see benchmarks/RESULTS.md), else full precision."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UserError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or off")
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
+
+
+def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
+    """Autocast to `amp_dtype` on `device`, or nothing for full precision."""
+    if amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
