@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 # the library's defaults, shown in --help
 _D = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(TrainConfig)})
-_EPS_DEFAULT = "8/255"
 
 
 @user_errors
@@ -106,7 +105,7 @@ def train_command(
     ] = None,
     eps: Annotated[
         str, typer.Option("--eps", help="Adversarial training budget (L-inf, on [0, 1] pixels): 8/255 or 0.031.")
-    ] = _EPS_DEFAULT,
+    ] = "8/255",
     adv_steps: Annotated[int, typer.Option(help="PGD steps per batch in adversarial training.")] = _D.adv_steps,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<model>).")
@@ -170,7 +169,7 @@ def train_command(
             workers=workers, adv=adv, adv_steps=adv_steps,
         ).items()},  # fmt: skip
         "hflip": ("hflip", None if hflip is None else (0.5 if hflip else 0.0)),
-        "adv_eps": ("eps", parse_epsilon(eps) if adv or eps != _EPS_DEFAULT else _D.adv_eps),
+        "adv_eps": ("eps", parse_epsilon(eps)),
         "checkpoint_every": ("checkpoint_every", _duration(checkpoint_every)),
     }
     if config_file is None:
