@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from convforge.checkpoint import ModelSpec, load_model, read_tensors, save_model, write_tensors
+from convforge.checkpoint import ModelSpec, load_model, save_model
 from convforge.data.transforms import Preprocessing
 from convforge.errors import CheckpointError
 from convforge.models import create_model
+from convforge.tensorfile import read_tensors, write_tensors
 
 
 def _saved(tmp_path, num_classes=5):

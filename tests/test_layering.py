@@ -13,8 +13,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "convforge"
 
 # bottom to top; a part may import its own layer's parts and any below
 LAYERS = [
-    {"errors", "_lazy", "_version", "device"},
-    {"data"},
+    {"errors", "_lazy", "_version", "device", "files", "tensorfile"},
+    {"data", "measure"},
     {"models"},
     {"runs", "run_samples"},
     {"checkpoint"},

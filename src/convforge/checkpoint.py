@@ -1,10 +1,8 @@
 """Saving and loading models and training state: safetensors + JSON, never pickle.
 
-A weights file is self-verifying: its safetensors header carries the model description and a
-SHA-256 over every tensor's name, dtype, shape and bytes. Loading recomputes the digest, so a
-truncated file (safetensors refuses it) or a tampered one (digest mismatch) is rejected with a clear
-error instead of producing a silently wrong model. `model.json` beside the weights is the same
-description for people and tools; loading compares every field of it (architecture, classes,
+A weights file is self-verifying (`convforge.tensorfile`): its safetensors header carries the
+model description and a digest of every tensor, checked on loading. `model.json` beside the
+weights is the same description for people and tools; loading compares every field of it (architecture, classes,
 channels, preprocessing, model keywords) with the description in the weights' header and refuses a
 difference, so a hand-edited model.json cannot relabel predictions. The digest proves integrity, not
 provenance: a run folder from someone else is as trustworthy as its sender, so model keywords that
@@ -17,7 +15,7 @@ hyperparameters, scheduler state and the best metric so far.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,20 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from convforge.data.transforms import Preprocessing
 from convforge.errors import CheckpointError
+from convforge.files import atomic_write_json
+from convforge.measure.counting import count_params
 from convforge.models import create_model
-from convforge.models.factory import check_state_dict_fits, safetensors_metadata
-from convforge.runs import MODEL_FILE, WEIGHTS_FILE, atomic_write_bytes, atomic_write_json
+from convforge.models.factory import check_state_dict_fits
+from convforge.models.resize import resize_to_shapes
+from convforge.runs import MODEL_FILE, WEIGHTS_FILE
+from convforge.tensorfile import FORMAT, read_tensors, write_tensors
 
-FORMAT = 1
 # Fields of model.json that must equal the weights' own description; a difference changes the model.
-SPEC_FIELDS = ("architecture", "num_classes", "in_chans", "classes", "preprocessing", "model_kwargs")
+SPEC_FIELDS = ("architecture", "num_classes", "in_chans", "classes", "preprocessing", "model_kwargs", "shapes")
 # Model keywords that make building a model reach outside its run folder (downloads, other files).
 _OUTSIDE_KWARGS = ("pretrained", "checkpoint", "url", "file", "cache_dir", "hf_hub")
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".npz", ".h5", ".onnx", ".pkl")
@@ -46,7 +44,9 @@ _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".npz", ".h5
 
 @dataclass
 class ModelSpec:
-    """Everything needed to rebuild a model from its weights: architecture, kwargs, classes, preprocessing."""
+    """Everything needed to rebuild a model from its weights: architecture, kwargs, classes,
+    preprocessing, and the shape of every tensor (`shapes`, recorded by `save_model`), so a model
+    whose layers were narrowed (pruned) is rebuilt with its own widths."""
 
     architecture: str
     num_classes: int
@@ -54,6 +54,9 @@ class ModelSpec:
     classes: list[str]
     preprocessing: Preprocessing
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Left out of == and repr: two specs compare as the same task and preprocessing; the shapes are
+    # compared with the weights' own by `check_description_matches`.
+    shapes: dict[str, list[int]] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -71,10 +74,22 @@ class ModelSpec:
         check_self_contained_kwargs(self.model_kwargs, "model keywords")
 
     def build(self) -> nn.Module:
-        """The architecture with freshly initialised weights (load_model fills them)."""
-        return create_model(
+        """The architecture with freshly initialised weights (load_model fills them), its layers
+        resized to the recorded shapes."""
+        model = create_model(
             self.architecture, num_classes=self.num_classes, in_chans=self.in_chans, **self.model_kwargs
         )
+        if self.shapes:
+            resize_to_shapes(model, self.shapes, self.architecture)
+        return model
+
+    def with_shapes_of(self, model: nn.Module) -> ModelSpec:
+        """This spec describing `model`'s own tensor shapes (what `save_model` records)."""
+        return dataclasses.replace(self, shapes=tensor_shapes(model))
+
+
+def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
+    return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 def check_self_contained_kwargs(kwargs: dict[str, Any], source: str) -> None:
@@ -101,55 +116,6 @@ def _strings(value: Any):
             yield from _strings(item)
 
 
-# ------------------------------------------------------------------------- tensor files
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name]
-        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(_tensor_bytes(tensor))
-    return digest.hexdigest()
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
-
-
-def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
-    """Atomically write tensors with JSON metadata and their digest; returns the digest."""
-    # clone: safetensors refuses tensors that share memory (tied weights, views).
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    digest = tensors_digest(tensors)
-    header = {"convforge": json.dumps(metadata, default=str), "sha256": digest, "format": str(FORMAT)}
-    atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=header))
-    return digest
-
-
-def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
-    """Tensors, metadata and digest of a file written by `write_tensors`, verified."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    raw = path.read_bytes()
-    try:
-        tensors = load_safetensors_bytes(raw)
-        header = safetensors_metadata(raw)
-    except (SafetensorError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({exc}); it may be truncated or damaged"
-        ) from None
-    if "sha256" not in header or "convforge" not in header:
-        raise CheckpointError(f"{path} was not written by convforge (no digest in its header)")
-    digest = tensors_digest(tensors)
-    if digest != header["sha256"]:
-        raise CheckpointError(
-            f"{path} fails its integrity check (tensor digest {digest[:12]} != recorded {header['sha256'][:12]}): "
-            "the file was modified or damaged after it was written"
-        )
-    return tensors, json.loads(header["convforge"]), digest
-
-
 # ------------------------------------------------------------------------------ models
 def save_model(
     folder: str | os.PathLike, model: nn.Module, spec: ModelSpec, extra: dict | None = None
@@ -159,9 +125,8 @@ def save_model(
     state = model.state_dict()
     description = {
         "format": FORMAT,
-        **spec.to_dict(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "shapes": {k: list(v.shape) for k, v in state.items()},
+        **spec.with_shapes_of(model).to_dict(),
+        "parameters": count_params(model),
         **(extra or {}),
     }
     digest = write_tensors(folder / WEIGHTS_FILE, state, description)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import TYPE_CHECKING
 
@@ -12,13 +13,11 @@ import torch
 
 from convforge.data.imageset import ImageSet
 from convforge.data.transforms import Preprocessing
-from convforge.runs import Run, atomic_write_json
+from convforge.files import atomic_write_bytes, atomic_write_json
+from convforge.runs import AUGMENTED_FILE, SAMPLES_FILE, SAMPLES_META, Run
 
 if TYPE_CHECKING:
     from convforge.train.evaluate import EvalResult
-
-SAMPLES_FILE = "samples.npz"
-SAMPLES_META = "samples.json"
 
 
 def pick_samples(
@@ -60,17 +59,13 @@ def save_prediction_samples(run: Run, split: ImageSet, result: EvalResult, count
 
 
 def load_prediction_samples(run: Run) -> dict | None:
-    path = run.path / "artifacts" / SAMPLES_FILE
-    meta = run.path / "artifacts" / SAMPLES_META
+    path, meta = run.artifact(SAMPLES_FILE), run.artifact(SAMPLES_META)
     if not path.is_file() or not meta.is_file():
         return None
     with np.load(path, allow_pickle=False) as data:
         samples = {key: data[key] for key in data.files}
     samples.update(json.loads(meta.read_text()))
     return samples
-
-
-AUGMENTED_FILE = "augmented.npz"
 
 
 def save_augmented_samples(
@@ -87,7 +82,7 @@ def save_augmented_samples(
 
 
 def load_augmented_samples(run: Run) -> dict | None:
-    path = run.path / "artifacts" / AUGMENTED_FILE
+    path = run.artifact(AUGMENTED_FILE)
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as data:
@@ -95,7 +90,7 @@ def load_augmented_samples(run: Run) -> dict | None:
 
 
 def _write_npz(path, **arrays: np.ndarray) -> None:
-    """Compressed arrays, written under a temporary name and renamed: whole or not at all."""
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    """Compressed arrays, whole or not at all."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from convforge.errors import CheckpointError, ModelNotFoundError
-from convforge.models import count_macs, count_params, create_model, list_models
+from convforge.measure import count_macs, count_params
+from convforge.models import create_model, list_models
 
 
 def test_unknown_model_suggests_names():

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from convforge import TrainConfig, load_model, train, train_seeds
-from convforge.checkpoint import read_tensors
 from convforge.device import resolve_amp
 from convforge.errors import ConfigError, TrainingDiverged
+from convforge.tensorfile import read_tensors
 from convforge.train.setup import resolve_preprocessing
 from tests.helpers import TINY_MODEL, TINY_MODEL_KWARGS, TINY_SHAPES
 

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from convforge.checkpoint import read_tensors
 from convforge.errors import RunFolderError, UserError
+from convforge.tensorfile import read_tensors
 from convforge.train import resume
 from tests.helpers import TINY_MODEL, TINY_MODEL_KWARGS
 

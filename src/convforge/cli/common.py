@@ -76,11 +76,13 @@ def _show_library_log(console: Console, enabled: bool) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+    """The run folder's conversions, and for `--json` output anything else as its text."""
+    from convforge.files import json_default
+
+    try:
+        return json_default(value)
+    except TypeError:
+        return str(value)
 
 
 def user_errors(command: Callable) -> Callable:

@@ -21,15 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from convforge.files import cache_root
+
 CACHE_FORMAT = 1
-
-
-def cache_root() -> Path:
-    """`$CONVFORGE_CACHE`, else `$XDG_CACHE_HOME/convforge`, else `~/.cache/convforge`."""
-    if os.environ.get("CONVFORGE_CACHE"):
-        return Path(os.environ["CONVFORGE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "convforge"
 
 
 def cache_key(**parts: Any) -> str:

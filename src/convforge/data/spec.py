@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from convforge.data import arrays, shapes
-from convforge.data.cache import build_or_open, cache_key, cache_root, open_entry
+from convforge.data.cache import build_or_open, cache_key, open_entry
 from convforge.data.decode import DEFAULT_MAX_PIXELS
 from convforge.data.folder import (
     FileListing,
@@ -37,6 +37,7 @@ from convforge.data.folder import (
 )
 from convforge.data.imageset import Dataset, FileImages, ImageSet, SkippedFile
 from convforge.errors import DatasetError, did_you_mean
+from convforge.files import cache_root
 
 log = logging.getLogger(__name__)
 SCHEMES = ("shapes", "mnist", "fashion-mnist", "cifar10", "csv")

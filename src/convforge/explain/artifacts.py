@@ -9,8 +9,9 @@ from convforge.data.sample import spread_positions
 from convforge.explain.inputs import ExplainInputs
 from convforge.explain.overlay import captioned_png, model_input_to_uint8, overlay
 from convforge.explain.study import MethodComparison, compare_methods
+from convforge.files import atomic_write_bytes
 from convforge.report.plots import figure_to_png, image_grid_figure
-from convforge.runs import EXPLAIN_DIR, Run, atomic_write_bytes
+from convforge.runs import EXPLAIN_DIR, Run
 
 _RIGHT, _WRONG, _UNKNOWN = "#1a7f37", "#cf222e", "#24292f"
 
@@ -53,7 +54,7 @@ def explain_into_run(
             captioned_png(image, caption, folder / _slug(method) / f"{i:02d}-{inputs.names[show[i]]}.png")
         grid = folder / f"{_slug(method)}.png"
         atomic_write_bytes(grid, figure_to_png(image_grid_figure(overlays, captions, colors)))
-        grids[method] = str(grid.relative_to(run.path))
+        grids[method] = run.relative(grid)
     run.append_metrics(
         {
             "kind": "explain",

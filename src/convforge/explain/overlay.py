@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from convforge.data.transforms import Preprocessing
+from convforge.files import atomic_write_bytes
 
 OVERLAY_ALPHA = 0.45
 
@@ -42,6 +45,6 @@ def captioned_png(image: np.ndarray, caption: str, path, min_side: int = 224) ->
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
         draw.text((4, picture.height + 3 + 14 * i), line, fill="black")
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

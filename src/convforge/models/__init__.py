@@ -5,18 +5,15 @@ so `timm.create_model` finds them too.
 """
 
 from convforge.models import hornet, ibnnet, replknet, simplenet, unireplknet  # noqa: F401  (registers them)
-from convforge.models.factory import check_model_name, create_model, load_weights, read_state_dict
-from convforge.models.info import ModelInfo, count_macs, count_params, list_models
+from convforge.models.factory import check_model_name, create_model, load_weights
+from convforge.models.info import ModelInfo, list_models
 from convforge.models.reparam import reparameterize_model
 
 __all__ = [
     "ModelInfo",
     "check_model_name",
-    "count_macs",
-    "count_params",
     "create_model",
     "list_models",
     "load_weights",
-    "read_state_dict",
     "reparameterize_model",
 ]

@@ -9,6 +9,7 @@ randomly initialised model.
 """
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -80,6 +81,36 @@ def unwrap_checkpoint(state_dict: dict) -> dict:
             state_dict = state_dict[key]
             break
     return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def remap_official_keys(state_dict: dict, marker: str, rename: Callable[[str], str | None]) -> dict:
+    """An official checkpoint's weights under convforge's names: unwrapped, then, when it holds the
+    official layout's `marker` key, each key passed through `rename` (None drops the tensor). A
+    convforge or timm state dict (no marker) passes through unchanged."""
+    state_dict = unwrap_checkpoint(state_dict)
+    if marker not in state_dict:
+        return state_dict
+    renamed = {key: rename(key) for key in state_dict}
+    return {new: state_dict[key] for key, new in renamed.items() if new is not None}
+
+
+def convnext_layout_key(key: str, block_key: Callable[[str], str] = lambda rest: rest) -> str:
+    """The official ConvNeXt-style layout (HorNet, UniRepLKNet) to timm's staged names:
+    `downsample_layers.0` is the stem, `downsample_layers.i` stage i's downsample, `stages.s.b` block b
+    of stage s (its rest through `block_key`), `norm` and `head` the head's norm and classifier."""
+    if key.startswith("downsample_layers.0."):
+        return "stem." + key[len("downsample_layers.0.") :]
+    if key.startswith("downsample_layers."):
+        _, stage, rest = key.split(".", 2)
+        return f"stages.{stage}.downsample.{rest}"
+    if key.startswith("stages."):
+        _, stage, block, rest = key.split(".", 3)
+        return f"stages.{stage}.blocks.{block}.{block_key(rest)}"
+    if key.startswith("norm."):
+        return "head." + key
+    if key.startswith("head."):
+        return "head.fc." + key[len("head.") :]
+    return key
 
 
 def zoo_cfg(*, paper_ids: str, paper_name: str, origin_url: str, license: str, first_conv: str = "stem.0",

@@ -7,10 +7,8 @@ convforge's native architectures register themselves in timm's registry (importi
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -18,6 +16,7 @@ import torch
 from torch import nn
 
 from convforge.errors import CheckpointError, ModelNotFoundError, did_you_mean
+from convforge.tensorfile import read_state_dict, safetensors_description
 
 
 def all_model_names() -> list[str]:
@@ -63,7 +62,7 @@ def create_model(
         raise ModelNotFoundError(f"{name} does not accept these options {sorted(kwargs)}: {exc}") from None
     if checkpoint_path is not None:
         _check_convforge_checkpoint(checkpoint_path, name, model)
-        load_weights(model, checkpoint_path, filter_fn=_checkpoint_filter_fn(name))
+        load_weights(model, checkpoint_path, filter_fn=model_file_hook(name, "checkpoint_filter_fn"))
     return model
 
 
@@ -80,56 +79,16 @@ def _check_convforge_checkpoint(path: str | os.PathLike, name: str, model: nn.Mo
         )
 
 
-def safetensors_description(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The convforge description in a safetensors header, read without loading any tensor (or None)."""
-    path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    try:
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            metadata = safetensors_metadata(prefix + handle.read(int.from_bytes(prefix, "little")))
-        return json.loads(metadata.get("convforge", "null"))
-    except (OSError, ValueError):
-        return None
+def model_file_hook(name: str, hook: str) -> Callable | None:
+    """A function the architecture's model file defines beside its entry points, or None.
 
-
-def safetensors_metadata(raw: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file from its first bytes (8-byte length, JSON header)."""
-    if len(raw) < 8:
-        raise ValueError("file too short for a safetensors header")
-    size = int.from_bytes(raw[:8], "little")
-    if size > len(raw) - 8:
-        raise ValueError("safetensors header runs past the end of the file")
-    return json.loads(raw[8 : 8 + size]).get("__metadata__", {}) or {}
-
-
-def _checkpoint_filter_fn(name: str) -> Callable | None:
+    The hooks a model file may define: `checkpoint_filter_fn(state_dict, model)` maps official key
+    layouts; `after_resize(model)` recomputes attributes derived from widths once `load_model` has
+    resized layers to recorded shapes (HorNet's split sizes); `unwrapped_parameters(model)` lists
+    `(parameter, channel_dim)` for parameters outside standard layers that pruning must narrow with
+    their channels (UniRepLKNet's GRN), in Torch-Pruning's format."""
     module = importlib.import_module(timm.models.model_entrypoint(name.split(".", 1)[0]).__module__)
-    return getattr(module, "checkpoint_filter_fn", None)
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file: safetensors, or a PyTorch file loaded with weights_only (no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse means the same thing to the user
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return getattr(module, hook, None)
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, filter_fn: Callable | None = None) -> None:

@@ -24,7 +24,12 @@ from timm.layers import DropPath, LayerNorm, LayerNorm2d, NormMlpClassifierHead,
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from convforge.models._build import build_zoo_model, unwrap_checkpoint, zoo_cfg
+from convforge.models._build import (
+    build_zoo_model,
+    convnext_layout_key,
+    remap_official_keys,
+    zoo_cfg,
+)
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
 
 __all__ = ["HorNet"]
@@ -175,25 +180,15 @@ class HorNet(StagedClassifier):
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Map an official HorNet checkpoint to convforge's names."""
-    state_dict = unwrap_checkpoint(state_dict)
-    if "downsample_layers.0.0.weight" not in state_dict:
-        return state_dict
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith("downsample_layers.0."):
-            key = "stem." + key[len("downsample_layers.0.") :]
-        elif key.startswith("downsample_layers."):
-            _, stage, rest = key.split(".", 2)
-            key = f"stages.{stage}.downsample.{rest}"
-        elif key.startswith("stages."):
-            _, stage, block, rest = key.split(".", 3)
-            key = f"stages.{stage}.blocks.{block}.{rest}"
-        elif key.startswith("norm."):
-            key = "head." + key
-        elif key.startswith("head."):
-            key = "head.fc." + key[len("head.") :]
-        out[key] = value
-    return out
+    return remap_official_keys(state_dict, "downsample_layers.0.0.weight", convnext_layout_key)
+
+
+def after_resize(model: nn.Module) -> None:
+    """GnConv splits its channels by `dims`, a list fixed at construction: read it back from the
+    layers that `load_model` narrowed (each recursion's width is its projection's input)."""
+    for module in model.modules():
+        if isinstance(module, GnConv):
+            module.dims = [projection.in_channels for projection in module.pws] + [module.proj_out.in_channels]
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> HorNet:

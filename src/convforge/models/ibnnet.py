@@ -110,6 +110,13 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     return unwrap_checkpoint(state_dict)
 
 
+def after_resize(model: nn.Module) -> None:
+    """IBN splits its input at `half`, the instance-normalised part: read back from the narrowed layer."""
+    for module in model.modules():
+        if isinstance(module, IBN):
+            module.half = module.IN.num_features
+
+
 def _create(
     variant: str, pretrained: bool, block: type[nn.Module], layers: tuple[int, ...], **kwargs
 ) -> IBNResNet:

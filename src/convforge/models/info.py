@@ -1,7 +1,7 @@
 """`list_models`: the catalogue of architectures with family, parameters, GMACs and paper.
 
-Parameters and multiply-accumulates are counted on PyTorch's meta device (no memory is allocated
-and no arithmetic runs) with `torch.utils.flop_counter.FlopCounterMode`, and cached on disk per
+Parameters and multiply-accumulates are counted by `convforge.measure` on PyTorch's meta device
+(no memory is allocated and no arithmetic runs), and cached on disk per
 timm version, so listing a family twice costs nothing the second time.
 """
 
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import timm
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from convforge.files import atomic_write_json, cache_root
+from convforge.measure.counting import count_macs, count_params
 from convforge.models.factory import all_model_names
 from convforge.models.papers import paper_for
 
@@ -34,23 +32,6 @@ class ModelInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
-    """Multiply-accumulates of one forward pass on a batch of one (FLOPs / 2 for conv and matmul)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_size, device=device))
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops() // 2
 
 
 def family_of(name: str) -> str:
@@ -113,8 +94,6 @@ class _StatsCache:
     """name@size -> [params, gmacs], one JSON file per timm version under the convforge cache."""
 
     def __init__(self) -> None:
-        from convforge.data.cache import cache_root
-
         self.path = Path(cache_root()) / f"model_stats-timm{timm.__version__}-torch{torch.__version__}.json"
         try:
             self.entries = json.loads(self.path.read_text())
@@ -133,8 +112,4 @@ class _StatsCache:
     def save(self) -> None:
         if not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".model_stats-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.entries, handle)
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, self.entries)

@@ -28,7 +28,7 @@ from timm.layers import ClassifierHead, DropPath
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from convforge.models._build import build_zoo_model, unwrap_checkpoint, zoo_cfg
+from convforge.models._build import build_zoo_model, remap_official_keys, zoo_cfg
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
 from convforge.models.large_kernel import DepthwiseConv2d, LargeKernelDWConv2d
 from convforge.models.reparam import assign_weight_bias, fuse_bn, pad_kernel_to
@@ -171,22 +171,20 @@ class RepLKNet(StagedClassifier):
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Map an official RepLKNet checkpoint (either form) to convforge's names."""
-    state_dict = unwrap_checkpoint(state_dict)
-    if "transitions.0.0.conv.weight" not in state_dict:
-        return state_dict
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith("transitions."):
-            _, index, rest = key.split(".", 2)
-            key = f"stages.{int(index) + 1}.downsample.{rest}"
-        elif key.startswith("stages.") and key.split(".")[2] == "norm":
-            continue  # the intermediate-feature BN of the detection backbones; unused for classification
-        elif key.startswith("norm."):
-            key = "norm_pre." + key[len("norm.") :]
-        elif key.startswith("head."):
-            key = "head.fc." + key[len("head.") :]
-        out[key] = value
-    return out
+    return remap_official_keys(state_dict, "transitions.0.0.conv.weight", _official_key)
+
+
+def _official_key(key: str) -> str | None:
+    if key.startswith("transitions."):
+        _, index, rest = key.split(".", 2)
+        return f"stages.{int(index) + 1}.downsample.{rest}"
+    if key.startswith("stages.") and key.split(".")[2] == "norm":
+        return None  # the intermediate-feature BN of the detection backbones; unused for classification
+    if key.startswith("norm."):
+        return "norm_pre." + key[len("norm.") :]
+    if key.startswith("head."):
+        return "head.fc." + key[len("head.") :]
+    return key
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> RepLKNet:

@@ -30,7 +30,7 @@ from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead, SEModule
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from convforge.models._build import build_zoo_model, unwrap_checkpoint, zoo_cfg
+from convforge.models._build import build_zoo_model, convnext_layout_key, remap_official_keys, zoo_cfg
 from convforge.models._staged import Stage, StagedClassifier, drop_path_rates
 from convforge.models.large_kernel import DepthwiseConv2d, LargeKernelDWConv2d
 from convforge.models.reparam import assign_weight_bias, dilate_kernel, fuse_bn, pad_kernel_to
@@ -270,32 +270,30 @@ DEFAULT_KERNEL_SIZES = {
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Map an official UniRepLKNet checkpoint (training or deployed form) to convforge's names; a
     convforge state dict passes through, its branches renamed if it predates `dilated_branches`."""
-    state_dict = dict(unwrap_checkpoint(state_dict))
-    if "downsample_layers.0.0.weight" in state_dict:
-        state_dict = {_official_to_timm_name(key): value for key, value in state_dict.items()}
+    state_dict = dict(remap_official_keys(state_dict, "downsample_layers.0.0.weight",
+                                          lambda key: convnext_layout_key(key, _official_block_key)))  # fmt: skip
     for name, module in model.named_modules():
         if isinstance(module, DilatedReparamBlock):
             rename_branch_keys(state_dict, name + ".", module.kernel_size)
     return state_dict
 
 
-def _official_to_timm_name(key: str) -> str:
-    if key.startswith("downsample_layers.0."):
-        return "stem." + key[len("downsample_layers.0.") :]
-    if key.startswith("downsample_layers."):
-        _, stage, rest = key.split(".", 2)
-        return f"stages.{stage}.downsample.{rest}"
-    if key.startswith("stages."):
-        _, stage, block, rest = key.split(".", 3)
-        rest = (rest.replace("se.down.", "se.fc1.").replace("se.up.", "se.fc2.")
-                .replace("pwconv1.1.", "pwconv1.").replace("act.1.", "grn.")
-                .replace("pwconv2.0.", "pwconv2.").replace("pwconv2.2.", "pwconv2_bn."))  # fmt: skip
-        return f"stages.{stage}.blocks.{block}.{rest}"
-    if key.startswith("norm."):
-        return "head." + key
-    if key.startswith("head."):
-        return "head.fc." + key[len("head.") :]
-    return key
+def _official_block_key(rest: str) -> str:
+    """The official block's Sequential wrappers and SE names, as timm's layers name them."""
+    return (rest.replace("se.down.", "se.fc1.").replace("se.up.", "se.fc2.")
+            .replace("pwconv1.1.", "pwconv1.").replace("act.1.", "grn.")
+            .replace("pwconv2.0.", "pwconv2.").replace("pwconv2.2.", "pwconv2_bn."))  # fmt: skip
+
+
+def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """GRN's gamma and beta, shaped (1, 1, 1, C): channel dimension 3, for a pruning tool."""
+    return [
+        (parameter, 3)
+        for module in model.modules()
+        if isinstance(module, GRN)
+        for parameter in (module.gamma, module.beta)
+        if parameter is not None
+    ]
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> UniRepLKNet:

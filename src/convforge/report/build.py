@@ -8,8 +8,9 @@ from pathlib import Path
 
 import jinja2
 
+from convforge.files import atomic_write_bytes
 from convforge.report.sections import SECTIONS
-from convforge.runs import REPORT_FILE, Run, atomic_write_bytes
+from convforge.runs import REPORT_FILE, Run
 
 _TEMPLATES = Path(__file__).parent / "templates"
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from convforge.report import plots
-from convforge.runs import Run
+from convforge.runs import MODEL_FILE, Run
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def section(name: str, title: str, order: int) -> Callable:
 def _model_description(run: Run) -> dict[str, Any] | None:
     import json
 
-    path = run.path / "model.json"
+    path = run.path / MODEL_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -15,6 +15,7 @@ from convforge.data.shapes import SHAPE_CLASSES, ShapesConfig
 from convforge.data.spec import absolute_spec
 from convforge.data.transforms import pixel_transform
 from convforge.errors import ConfigError, RunFolderError
+from convforge.files import atomic_write_bytes
 from convforge.models.prepared import model_prepared
 from convforge.report.plots import figure_to_png
 from convforge.robust.attacks import PixelSpaceModel
@@ -29,7 +30,7 @@ from convforge.robust.evaluate import (
     evaluate_corruptions,
     predictions,
 )
-from convforge.runs import ARTIFACTS_DIR, ROBUST_DIR, Run, atomic_write_bytes
+from convforge.runs import ROBUST_DIR, ROBUST_FILES, Run
 
 
 @dataclass
@@ -132,15 +133,17 @@ def write_card(run: Run, card: RobustnessCard) -> dict[str, str]:
     """Curves, a markdown table and the metrics record; returns the artifact paths (run-relative)."""
     folder = run.artifacts / ROBUST_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    files = {}
+    contents = {"table": markdown_table(card).encode()}
     if card.attacks:
-        atomic_write_bytes(folder / "attacks.png", figure_to_png(attack_figure(card.attacks)))
-        files["attacks"] = f"{ARTIFACTS_DIR}/{ROBUST_DIR}/attacks.png"
+        contents["attacks"] = figure_to_png(attack_figure(card.attacks))
     if card.corruptions:
-        atomic_write_bytes(folder / "corruptions.png", figure_to_png(corruption_figure(card.corruptions)))
-        files["corruptions"] = f"{ARTIFACTS_DIR}/{ROBUST_DIR}/corruptions.png"
-    atomic_write_bytes(folder / "robustness.md", markdown_table(card).encode())
-    files["table"] = f"{ARTIFACTS_DIR}/{ROBUST_DIR}/robustness.md"
+        contents["corruptions"] = figure_to_png(corruption_figure(card.corruptions))
+    files = {}
+    for name in ROBUST_FILES:
+        if name in contents:
+            path = folder / ROBUST_FILES[name]
+            atomic_write_bytes(path, contents[name])
+            files[name] = run.relative(path)
     run.append_metrics({"kind": "robust", **card.to_dict(), "files": files})
     return files
 

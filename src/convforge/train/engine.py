@@ -41,7 +41,6 @@ from convforge.models import create_model
 from convforge.models.padding_taps import skip_padding_taps
 from convforge.run_samples import save_augmented_samples, save_prediction_samples
 from convforge.runs import (
-    CHECKPOINTS_DIR,
     Run,
     check_free,
     check_replaceable,
@@ -62,7 +61,6 @@ from convforge.train.setup import (
     set_deterministic,
 )
 
-LAST_CHECKPOINT = "last.safetensors"
 CURVE_POINTS_PER_EPOCH = 10  # "step" records in metrics.jsonl: the report's loss curve within epochs
 
 
@@ -121,7 +119,7 @@ def resume(
         raise UserError(f"{run.path} finished all its epochs already; nothing to resume")
     config = TrainConfig.from_dict(info["config"])
     trainer = _Trainer(config, progress, dataset)
-    if not (run.path / CHECKPOINTS_DIR / LAST_CHECKPOINT).is_file():
+    if not run.last_checkpoint.is_file():
         trainer.progress.message(
             f"{run.path} stopped before its first checkpoint was written: starting it afresh with its "
             "recorded settings"
@@ -218,7 +216,7 @@ class _Trainer:
                 f"{recorded[:12]} -> {self.dataset.fingerprint[:12]}); start a new run instead"
             )
         state = load_train_state(
-            run.path / CHECKPOINTS_DIR / LAST_CHECKPOINT,
+            run.last_checkpoint,
             model=self.model,
             optimizer=self.optimizer,
             ema=self.ema,
@@ -337,7 +335,7 @@ class _Trainer:
         times = self._times()
         state["train_seconds"] = times["train_seconds"]
         save_train_state(
-            self.run.checkpoints / LAST_CHECKPOINT,
+            self.run.last_checkpoint,
             model=self.model,
             optimizer=self.optimizer,
             ema=self.ema,
