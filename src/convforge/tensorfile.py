@@ -89,18 +89,37 @@ def safetensors_metadata(raw: bytes) -> dict[str, str]:
     return json.loads(raw[8 : 8 + size]).get("__metadata__", {}) or {}
 
 
+def _header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor dtypes, shapes, offsets and `__metadata__`),
+    read without loading any tensor."""
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ValueError("file too short for a safetensors header")
+        raw = handle.read(int.from_bytes(prefix, "little"))
+    if len(raw) < int.from_bytes(prefix, "little"):
+        raise ValueError("safetensors header runs past the end of the file")
+    return json.loads(raw)
+
+
 def safetensors_description(path: str | os.PathLike) -> dict[str, Any] | None:
     """The convforge description in a safetensors header, read without loading any tensor (or None)."""
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     try:
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            metadata = safetensors_metadata(prefix + handle.read(int.from_bytes(prefix, "little")))
-        return json.loads(metadata.get("convforge", "null"))
+        return json.loads((_header(path).get("__metadata__") or {}).get("convforge", "null"))
     except (OSError, ValueError):
         return None
+
+
+def stored_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Each tensor's shape in a safetensors file, from its header alone."""
+    try:
+        header = _header(Path(path))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    return {name: list(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -30,3 +30,20 @@ def test_images_and_labels_stay_together_and_drop_last():
         assert len(images) == 5
         np.testing.assert_array_equal(images[:, 0, 0, 0].numpy(), positions.numpy())
         np.testing.assert_array_equal(labels.numpy(), positions.numpy() % 3)
+
+
+def test_the_shares_of_all_ranks_interleave_into_the_one_process_order():
+    import pytest
+
+    for shuffle in (True, False):
+        loader = BatchLoader(_imageset(23), 5, shuffle=shuffle)
+        whole = loader.order(seed=7)
+        for world_size in (1, 2, 3, 4):
+            shares = [loader.order(seed=7, rank=r, world_size=world_size) for r in range(world_size)]
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+            interleaved = np.empty(len(whole), dtype=whole.dtype)
+            for rank, share in enumerate(shares):
+                interleaved[rank::world_size] = share
+            np.testing.assert_array_equal(interleaved, whole)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
+        loader.order(seed=7, rank=2, world_size=2)

@@ -26,8 +26,8 @@ from convforge.errors import ConfigError
 from convforge.train.config import TrainConfig
 
 if TYPE_CHECKING:
-    from convforge.train.engine import TrainResult
     from convforge.train.evaluate import EvalResult
+    from convforge.train.result import TrainResult
 
 # the library's defaults, shown in --help
 _D = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(TrainConfig)})

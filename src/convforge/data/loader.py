@@ -58,12 +58,18 @@ class BatchLoader:
         n = len(self.imageset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def order(self, seed: int | None) -> np.ndarray:
-        """The positions of one epoch, in order: a seeded permutation when shuffling."""
+    def order(self, seed: int | None, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """The positions of one epoch, in order: a seeded permutation when shuffling.
+
+        With `world_size` processes, `rank`'s share: every world_size-th position of the same
+        permutation from `rank` on, so the shares interleave back into the one-process order and
+        each image is seen once per epoch (shares differ in length by at most one; evening them out
+        for collective steps is the distributed sampler's choice, pad or drop)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         n = len(self.imageset)
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng(seed).permutation(n)
+        order = np.random.default_rng(seed).permutation(n) if self.shuffle else np.arange(n)
+        return order[rank::world_size]
 
     def batches(
         self, seed: int | None = None, start: int = 0

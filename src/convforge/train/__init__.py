@@ -6,7 +6,7 @@ _EXPORTS = {
     "EvalResult": "convforge.train.evaluate",
     "TrainConfig": "convforge.train.config",
     "TrainProgress": "convforge.train.progress",
-    "TrainResult": "convforge.train.engine",
+    "TrainResult": "convforge.train.result",
     "evaluate": "convforge.train.evaluate",
     "resume": "convforge.train.engine",
     "train": "convforge.train.engine",

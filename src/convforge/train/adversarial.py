@@ -20,9 +20,12 @@ from convforge.data.transforms import Preprocessing, normalize, pixel_transform,
 from convforge.models.prepared import frozen_parameters, model_prepared
 from convforge.robust.attacks import PixelSpaceModel, pgd
 from convforge.train.config import TrainConfig
+from convforge.train.step import StepHook
 
 
-class Adversary:
+class Adversary(StepHook):
+    """The first step hook: attacks each training batch and reports robust accuracy at validation."""
+
     def __init__(self, config: TrainConfig, preprocessing: Preprocessing):
         self.kind = config.adv
         self.eps = config.adv_eps
@@ -33,8 +36,8 @@ class Adversary:
         self.val_images = config.adv_val_images
         self.preprocessing = preprocessing
 
-    def perturb(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    def transform_inputs(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                         generator: torch.Generator) -> torch.Tensor:  # fmt: skip
         """The attacked copy of a normalised training batch, normalised again."""
         pixels = unnormalize(inputs.detach(), self.preprocessing)
         pixel_model = PixelSpaceModel(model, self.preprocessing.mean, self.preprocessing.std)
@@ -44,6 +47,9 @@ class Adversary:
                 random_start=True, early_stop=False, generator=generator,
             )  # fmt: skip
         return normalize(adversarial, self.preprocessing)
+
+    def validation_metrics(self, model: nn.Module, split: ImageSet, device: torch.device, seed: int) -> dict:
+        return {"val_robust_acc": self.robust_accuracy(model, split, device, seed)}
 
     def robust_accuracy(self, model: nn.Module, split: ImageSet, device: torch.device, seed: int) -> float:
         """Accuracy under PGD (the training budget, at least 7 steps) on up to `val_images` images

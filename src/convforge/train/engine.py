@@ -1,11 +1,13 @@
 """The training engine: one loop, readable top to bottom.
 
-`train(config)` loads the data, builds the model, and for each epoch: shuffles with a seed derived
-from (seed, epoch), augments each uint8 batch on the device (data/transforms.py), steps timm's
-optimizer and per-step scheduler under bf16 autocast where the hardware has it, updates the EMA,
-evaluates on the validation split, and writes the epoch's metrics line, the best weights
-(model.safetensors) and the full training state (checkpoints/last.safetensors), each atomically.
-Finally the best weights are reloaded from disk and evaluated on the test split.
+`train(config)` loads the data, builds the model (or takes the one given: a pruned model to
+fine-tune), and for each epoch: shuffles with a seed derived from (seed, epoch), augments each uint8
+batch on the device (data/transforms.py), runs the step hooks (train/step.py: adversarial training
+today, distillation next), steps timm's optimizer and per-step scheduler under bf16 autocast where
+the hardware has it, updates the EMA, evaluates on the validation split, and has the recorder
+(train/recorder.py, the only writer of the run folder) write the epoch's metrics line, the best
+weights (model.safetensors) and the full training state (checkpoints/last.safetensors). Finally the
+best weights are reloaded from disk and evaluated on the test split.
 
 Every source of randomness in an epoch is seeded from (seed, epoch), and the checkpoint holds all
 other state, so a run stopped after epoch k and resumed ends with the same weights, bit for bit, as
@@ -20,9 +22,7 @@ a run killed outright still says running, and `--resume` continues it.
 from __future__ import annotations
 
 import math
-import sys
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,59 +31,33 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from convforge.checkpoint import ModelSpec, load_model, load_train_state, save_model, save_train_state
-from convforge.data import Dataset, absolute_spec
+from convforge.checkpoint import ModelSpec, load_model, load_train_state
+from convforge.data import Dataset
 from convforge.data.loader import BatchLoader
 from convforge.data.transforms import TrainAugment
 from convforge.device import autocast_context, resolve_amp, resolve_device
 from convforge.errors import RunFolderError, TrainingDiverged, UserError
-from convforge.models import create_model
 from convforge.models.padding_taps import skip_padding_taps
-from convforge.run_samples import save_augmented_samples, save_prediction_samples
-from convforge.runs import (
-    Run,
-    check_free,
-    check_replaceable,
-    next_run_dir,
-    remove_run_folder,
-)
-from convforge.train.adversarial import Adversary
+from convforge.runs import Run, remove_run_folder
+from convforge.tensorfile import stored_shapes
 from convforge.train.config import TrainConfig
 from convforge.train.evaluate import EvalResult, evaluate
+from convforge.train.meter import EpochMeter
 from convforge.train.position import CheckpointClock, EpochPosition, capture_rng, restore_rng
 from convforge.train.progress import TrainProgress
+from convforge.train.recorder import RunRecorder
+from convforge.train.result import TrainResult, invoked_command
 from convforge.train.setup import (
     build_loss,
+    build_model,
     build_optimizer,
     epoch_seed,
     load_training_data,
+    prepare_run,
     resolve_preprocessing,
     set_deterministic,
 )
-
-CURVE_POINTS_PER_EPOCH = 10  # "step" records in metrics.jsonl: the report's loss curve within epochs
-
-
-@dataclass
-class TrainResult:
-    run: Run
-    test: EvalResult | None
-    best_epoch: int
-    best_val_top1: float | None
-    epochs: int
-    wall_seconds: float
-    skipped_files: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run": str(self.run.path),
-            "test": self.test.to_dict() if self.test else None,
-            "best_epoch": self.best_epoch,
-            "best_val_top1": self.best_val_top1,
-            "epochs": self.epochs,
-            "wall_seconds": self.wall_seconds,
-            "skipped_files": self.skipped_files,
-        }
+from convforge.train.step import backward_and_step, build_step_hooks
 
 
 # ------------------------------------------------------------------------------- the loop
@@ -91,6 +65,7 @@ def train(
     config: TrainConfig,
     out: str | Path | None = None,
     *,
+    model: nn.Module | None = None,
     progress: TrainProgress | None = None,
     runs_root: str | Path = "runs",
     command: str | None = None,
@@ -99,11 +74,14 @@ def train(
 ) -> TrainResult:
     """Train `config.model` on `config.data` into a new run folder (`out`, default runs/<model>).
 
-    `force` replaces an existing run folder at `out` (only a run folder: one with run.json), once the
-    data and model have loaded, so a mistake in either leaves the old run as it was."""
-    out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
-    config = replace(config, data=absolute_spec(config.data))
-    return _Trainer(config, progress, dataset).run_new(out, command or invoked_command(), force=force)
+    `model`, when given, is trained instead of a new `config.model` (in place): a fine-tune of a
+    pruned or otherwise changed model of that architecture. Its layer widths are recorded, so the run
+    saves, loads and resumes it like any other. `force` replaces an existing run folder at `out` (only
+    a run folder: one with run.json), once the data and model have loaded, so a mistake in either
+    leaves the old run as it was."""
+    config, out, dataset = prepare_run(config, out, runs_root, dataset, force=force)
+    trainer = _Trainer(config, progress, dataset, model=model)
+    return trainer.run_new(out, command or invoked_command(), force=force)
 
 
 def resume(
@@ -118,23 +96,41 @@ def resume(
     if info.get("status") == "finished":
         raise UserError(f"{run.path} finished all its epochs already; nothing to resume")
     config = TrainConfig.from_dict(info["config"])
-    trainer = _Trainer(config, progress, dataset)
     if not run.last_checkpoint.is_file():
+        if info.get("model_given"):
+            raise UserError(
+                f"{run.path} trained a model given to train() and stopped before saving it; its starting "
+                "weights are not in the run. Start it again with train(model=...)"
+            )
+        trainer = _Trainer(config, progress, dataset)
         trainer.progress.message(
             f"{run.path} stopped before its first checkpoint was written: starting it afresh with its "
             "recorded settings"
         )
         return trainer.run_new(run.path, info.get("command") or invoked_command(), force=True)
-    return trainer.run_resumed(run)
+    # the layer widths the checkpoint holds, not the architecture's defaults: a fine-tuned pruned
+    # model resumes as itself
+    shapes = {k.removeprefix("model."): v for k, v in stored_shapes(run.last_checkpoint).items()
+              if k.startswith("model.")}  # fmt: skip
+    return _Trainer(config, progress, dataset, shapes=shapes).run_resumed(run)
 
 
 class _Trainer:
     """Holds the objects of one run so the loop below reads as a list of steps."""
 
-    def __init__(self, config: TrainConfig, progress: TrainProgress | None, dataset: Dataset | None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        progress: TrainProgress | None,
+        dataset: Dataset | None,
+        *,
+        model: nn.Module | None = None,
+        shapes: dict[str, list[int]] | None = None,
+    ):
         self.config = config
         self.progress = progress or TrainProgress(enabled=False)
         self.dataset = dataset
+        self.given_model, self.shapes = model, shapes
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
 
@@ -142,7 +138,7 @@ class _Trainer:
     def _setup(self) -> None:
         config = self.config
         set_deterministic(config.deterministic)
-        if self.dataset is None:
+        if self.dataset is None:  # a resumed run; a new one got its data from prepare_run
             self.dataset = load_training_data(config)
         data = self.dataset
         if data.train is None or len(data.train) == 0:
@@ -153,88 +149,62 @@ class _Trainer:
                 f"{data.skipped[0].reason}); see run.json, or use --strict to stop on them"
             )
         torch.manual_seed(config.seed)
-        self.model = create_model(
-            config.model,
-            num_classes=data.num_classes,
-            in_chans=data.channels,
-            pretrained=config.pretrained,
-            **config.model_kwargs,
-        )
+        self.model = build_model(config, data, given=self.given_model, shapes=self.shapes)
         self.preprocessing, augment_config = resolve_preprocessing(self.model, data.image_shape, config)
-        self.spec = ModelSpec(
-            config.model,
-            data.num_classes,
-            data.channels,
-            list(data.classes),
-            self.preprocessing,
-            dict(config.model_kwargs),
-        )
+        self.spec = ModelSpec(config.model, data.num_classes, data.channels, list(data.classes),
+                              self.preprocessing, dict(config.model_kwargs))  # fmt: skip
         if config.skip_padding_taps:
             skip_padding_taps(self.model)  # exact; resnet18 at 32 px: 1.6x faster with AVX2 kernels
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=memory_format)
         self.step_model = torch.compile(self.model) if config.compile else self.model
-        self.augment = TrainAugment(
-            augment_config, self.preprocessing, data.num_classes, config.label_smoothing
-        )
-        self.train_loader = BatchLoader(
-            data.train,
-            config.batch_size,
-            shuffle=True,
-            drop_last=True,
-            device=self.device,
-            workers=config.workers,
-        )
+        self.augment = TrainAugment(augment_config, self.preprocessing, data.num_classes, config.label_smoothing)
+        self.train_loader = BatchLoader(data.train, config.batch_size, shuffle=True, drop_last=True,
+                                        device=self.device, workers=config.workers)  # fmt: skip
         self.optimizer, self.scheduler = build_optimizer(self.model, config, len(self.train_loader))
         self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema else None
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        # fp16 needs loss scaling; a disabled scaler passes everything through (bf16, fp32)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_fn = build_loss(config, self.augment.soft_targets)
-        self.adversary = Adversary(config, self.preprocessing) if config.adv else None
+        self.hooks = build_step_hooks(config, self.preprocessing)
         self.start_epoch, self.best_epoch, self.best_val = 0, 0, None
         self.position: EpochPosition | None = None  # where a mid-epoch checkpoint left off
         self.train_seconds = 0.0  # training time embodied in the weights, summed over resumes
 
     def run_new(self, out: Path, command: str, force: bool = False) -> TrainResult:
-        (check_replaceable if force else check_free)(out)  # before loading anything: fail fast
         self._setup()
         if force:
             remove_run_folder(out)
         self.run = Run.create(
             out, command=command, stage="train", config=self.config.to_dict(), seeds=[self.config.seed]
         )
+        self.recorder = RunRecorder(self.run, self.spec)
         amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else "off"
-        self.run.update(data=self.dataset.summary(), amp=amp, device=str(self.device))
+        self.recorder.update(data=self.dataset.summary(), amp=amp, device=str(self.device),
+                             model_given=self.given_model is not None)  # fmt: skip
         return self._loop()
 
     def run_resumed(self, run: Run) -> TrainResult:
         self._setup()
         self.run = run
+        self.recorder = RunRecorder(run, self.spec)
         recorded = run.info.get("data", {}).get("fingerprint")
         if recorded and recorded != self.dataset.fingerprint:
             raise UserError(
                 f"the data in {self.config.data} changed since {run.path} started (fingerprint "
                 f"{recorded[:12]} -> {self.dataset.fingerprint[:12]}); start a new run instead"
             )
-        state = load_train_state(
-            run.last_checkpoint,
-            model=self.model,
-            optimizer=self.optimizer,
-            ema=self.ema,
-        )
+        state = load_train_state(run.last_checkpoint, model=self.model, optimizer=self.optimizer, ema=self.ema)
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("grad_scaler"):
+        if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
-        self.start_epoch, self.best_epoch, self.best_val = (
-            state["epoch"],
-            state["best_epoch"],
-            state["best_val"],
-        )
+        self.start_epoch, self.best_epoch, self.best_val = state["epoch"], state["best_epoch"], state["best_val"]
         self.train_seconds = state.get("train_seconds", 0.0)
         self.position = EpochPosition.from_state(state, state["extra_tensors"])
-        run.drop_records_after(self.start_epoch, self.position.step if self.position else 0)
+        self.recorder.forget_after(self.start_epoch, self.position.step if self.position else 0)
         step = self.position.step if self.position else 0
         resumes = [*run.info.get("resumes", []), {"epoch": self.start_epoch, "step": step}]
-        run.update(status="running", resumes=resumes, error=None)
+        self.recorder.update(status="running", resumes=resumes, error=None)
         where = (
             f"epoch {self.start_epoch + 1}, step {step}" if step else f"the end of epoch {self.start_epoch}"
         )
@@ -243,10 +213,14 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------ loop
     def _loop(self) -> TrainResult:
-        config, run = self.config, self.run
+        config, run, recorder = self.config, self.run, self.recorder
         self._clock = time.perf_counter()
         self._wall_before, self._process_started = run.info.get("wall_seconds", 0.0), self._clock
         self.checkpoint_clock = CheckpointClock(config.checkpoint_every)
+        if self.given_model is not None and not run.last_checkpoint.is_file():
+            # a checkpoint from the start: a given model cannot be rebuilt from the config, so a run
+            # killed in its first epoch resumes from these weights instead of starting afresh
+            self._save_checkpoint(0)
         try:
             for epoch in range(self.start_epoch, config.epochs):
                 stats = self._train_one_epoch(epoch, self.position)
@@ -261,26 +235,26 @@ class _Trainer:
                 if improved:
                     self.best_val, self.best_epoch = record.get("val_acc"), epoch + 1
                 record["best"] = improved
-                run.append_metrics(record)
+                recorder.record(record)
                 if improved:
-                    save_model(run.path, eval_model, self.spec, extra={"epoch": epoch + 1})
+                    recorder.best_weights(eval_model, epoch + 1)
                 self._save_checkpoint(epoch + 1)
                 self.progress.end_epoch(record)
         except TrainingDiverged as exc:
-            run.update(status="diverged", error=str(exc), **self._times())
+            recorder.update(status="diverged", error=str(exc), **self._times())
             raise
         except KeyboardInterrupt:
-            run.update(status="interrupted", **self._times())
+            recorder.update(status="interrupted", **self._times())
             raise
         except Exception as exc:
-            run.update(status="failed", error=f"{type(exc).__name__}: {exc}", **self._times())
+            recorder.update(status="failed", error=f"{type(exc).__name__}: {exc}", **self._times())
             raise
         finally:
             self.progress.close()
         times = self._times()
         test = self._final_evaluation()
         skipped = len(self.dataset.skipped) + self.train_loader.skipped
-        run.update(
+        recorder.update(
             status="finished",
             **times,
             best_epoch=self.best_epoch,
@@ -315,10 +289,8 @@ class _Trainer:
             workers=config.workers,
         )
         record = {"val_loss": val.loss, "val_acc": val.top1, "val_top5": val.top5}
-        if self.adversary is not None:
-            record["val_robust_acc"] = self.adversary.robust_accuracy(
-                eval_model, val_split, self.device, epoch_seed(config.seed, epoch)
-            )
+        for hook in self.hooks:
+            record.update(hook.validation_metrics(eval_model, val_split, self.device, epoch_seed(config.seed, epoch)))
         return record
 
     def _save_checkpoint(
@@ -334,15 +306,9 @@ class _Trainer:
             extra, state["numpy_rng"] = capture_rng(generator, self.device)
         times = self._times()
         state["train_seconds"] = times["train_seconds"]
-        save_train_state(
-            self.run.last_checkpoint,
-            model=self.model,
-            optimizer=self.optimizer,
-            ema=self.ema,
-            state=state,
-            extra_tensors=extra,
-        )
-        self.run.update(**times)
+        self.recorder.checkpoint(model=self.model, optimizer=self.optimizer, ema=self.ema, state=state,
+                                 extra_tensors=extra)  # fmt: skip
+        self.recorder.update(**times)
         self.checkpoint_clock.reset()
 
     def _train_one_epoch(self, epoch: int, position: EpochPosition | None) -> dict[str, Any]:
@@ -359,81 +325,38 @@ class _Trainer:
         steps = len(self.train_loader)
         updates_before = epoch * steps
         sync_every = 1 if self.device.type == "cpu" else 25
-        loss_sum = torch.tensor(position.loss_sum, device=self.device)
-        correct = torch.tensor(position.correct, device=self.device, dtype=torch.long)
-        seen, seen_before, started = position.seen, position.seen, time.perf_counter()
-        window = (position.step, 0.0, 0, 0)  # loss curve: (first step, loss sum, correct, seen) since the last point
-        curve_every = max(1, round(steps / CURVE_POINTS_PER_EPOCH))
+        meter = EpochMeter(position, steps, self.device)
         self.progress.start_epoch(epoch + 1, config.epochs, steps)
         batches = self.train_loader.batches(seed, start=position.step)
         for step, (images, labels, _) in enumerate(batches, start=position.step + 1):
             inputs, targets = self.augment(images, labels, generator)
             if epoch == 0 and step == 1:
-                save_augmented_samples(self.run, inputs, targets, self.preprocessing)
-            if self.adversary is not None:
+                self.recorder.augmented_batch(inputs, targets, self.preprocessing)
+            for hook in self.hooks:
                 with autocast_context(self.device, self.amp_dtype):
-                    inputs = self.adversary.perturb(self.step_model, inputs, labels, generator)
+                    inputs = hook.transform_inputs(self.step_model, inputs, labels, generator)
             with autocast_context(self.device, self.amp_dtype):
                 logits = self.step_model(inputs)
             loss = self.loss_fn(logits.float(), targets)
+            for hook in self.hooks:
+                extra = hook.extra_loss(inputs, logits, targets)
+                loss = loss if extra is None else loss + extra
             self._optimizer_step(loss, updates_before + step)
-            hard = labels if targets.ndim == 1 else targets.argmax(dim=1)
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.detach().argmax(dim=1) == hard).sum()
-            seen += len(labels)
-            # a point every curve_every steps; the epoch's last window absorbs a short remainder
-            if step == steps or (step % curve_every == 0 and steps - step >= curve_every // 2):
-                window = self._curve_point(epoch, step, window, loss_sum, correct, seen)
+            meter.add(loss, logits, labels if targets.ndim == 1 else targets.argmax(dim=1))
+            point = meter.curve_point(epoch, step)
+            if point is not None:
+                self.recorder.record({**point, "lr": self.optimizer.param_groups[0]["lr"]})
             checkpoint_due = step < steps and self.checkpoint_clock.due()
             if step % sync_every == 0 or step == steps or checkpoint_due:
                 self._check_finite(loss, epoch, step)
-                elapsed = time.perf_counter() - started
-                self.progress.update(
-                    step,
-                    loss_sum.item() / seen,
-                    correct.item() / seen,
-                    (seen - seen_before) / max(elapsed, 1e-9),
-                )
+                self.progress.update(step, *meter.rates())
             if checkpoint_due:
-                here = EpochPosition(step, loss_sum.item(), int(correct.item()), seen)
-                self._save_checkpoint(epoch, here, generator)
-        elapsed = time.perf_counter() - started
-        return {
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_acc": correct.item() / max(seen, 1),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_second": (seen - seen_before) / max(elapsed, 1e-9),
-            "epoch_seconds": elapsed,
-        }
-
-    def _curve_point(self, epoch, step, window, loss_sum, correct, seen) -> tuple[int, float, int, int]:
-        """One point of the loss curve: the mean loss and accuracy of the steps since the last point."""
-        first_step, loss_before, correct_before, seen_before = window
-        loss_now, correct_now = loss_sum.item(), int(correct.item())
-        images = seen - seen_before
-        if images:
-            self.run.append_metrics({
-                "kind": "step", "epoch": epoch + 1, "step": step, "steps": step - first_step,
-                "loss": (loss_now - loss_before) / images, "acc": (correct_now - correct_before) / images,
-                "lr": self.optimizer.param_groups[0]["lr"],
-            })  # fmt: skip
-        return step, loss_now, correct_now, seen
+                self._save_checkpoint(epoch, meter.position(step), generator)
+        return {**meter.summary(), "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _optimizer_step(self, loss: torch.Tensor, updates: int) -> None:
         """Backward, clip, step, schedule, EMA: the pure part of a training step."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        if self.config.clip_grad:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        backward_and_step(loss, self.optimizer, self.scaler, self.model.parameters(), self.config.clip_grad)
         self.scheduler.step_update(num_updates=updates)
         if self.ema is not None:
             self.ema.update(self.model, step=updates)
@@ -456,7 +379,7 @@ class _Trainer:
             "best_epoch": self.best_epoch,
             "best_val": self.best_val,
             "scheduler": self.scheduler.state_dict(),
-            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
 
     def _final_evaluation(self) -> EvalResult | None:
@@ -475,11 +398,5 @@ class _Trainer:
             amp_dtype=self.amp_dtype,
             workers=self.config.workers,
         )
-        self.run.append_metrics({"kind": "eval", **result.to_dict()})
-        save_prediction_samples(self.run, split, result)
+        self.recorder.evaluation(split, result)
         return result
-
-
-def invoked_command() -> str:
-    """The command line that started this process, for run.json (`python-api` when not the CLI)."""
-    return " ".join(["convforge", *sys.argv[1:]]) if sys.argv and "convforge" in sys.argv[0] else "python-api"

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from convforge.errors import UserError
-from convforge.runs import next_run_dir
 from convforge.train.config import TrainConfig
-from convforge.train.engine import TrainResult, invoked_command, train
+from convforge.train.engine import train
 from convforge.train.progress import TrainProgress
-from convforge.train.setup import load_training_data
+from convforge.train.result import TrainResult, invoked_command
+from convforge.train.setup import prepare_run
 
 
 def train_seeds(
@@ -30,11 +30,10 @@ def train_seeds(
     `force` replaces an existing run folder at `out` (see `train`)."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
-    out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
     command = invoked_command()
     # One dataset (and one validation split, drawn with the first seed) for all seeds, so the spread
     # measures training randomness only.
-    dataset = load_training_data(config)
+    config, out, dataset = prepare_run(config, out, runs_root, None, force=force)
     results = []
     for k in range(seeds):
         seed_config = replace(config, seed=config.seed + k)

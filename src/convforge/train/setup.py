@@ -4,6 +4,8 @@ preprocessing, determinism, epoch seeds."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -13,12 +15,30 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from convforge.data import Dataset, load_dataset
+from convforge.data import Dataset, absolute_spec, load_dataset
 from convforge.data.spec import mirror_invariant
 from convforge.data.transforms import AugmentConfig, Preprocessing
+from convforge.errors import CheckpointError, ConfigError, UserError
+from convforge.models import create_model
+from convforge.models.factory import check_state_dict_fits
+from convforge.models.resize import resize_to_shapes
+from convforge.runs import check_free, check_replaceable, next_run_dir
 from convforge.train.config import TrainConfig
 
 _SMALL_IMAGE_SIDE = 128  # at or below this, train at the images' own size with pad-and-crop
+
+
+def prepare_run(
+    config: TrainConfig, out: str | Path | None, runs_root: str | Path, dataset: Dataset | None, *, force: bool
+) -> tuple[TrainConfig, Path, Dataset]:
+    """What a new run needs before it starts, in one place for `train` and `train_seeds`: its folder
+    (`out`, default runs/<model>, -2, -3...), checked free (or, with `force`, replaceable) before
+    anything loads so a mistake fails fast; its config with an absolute data spec; its data, loaded
+    unless given."""
+    out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
+    (check_replaceable if force else check_free)(out)
+    config = replace(config, data=absolute_spec(config.data))
+    return config, out, dataset if dataset is not None else load_training_data(config)
 
 
 def load_training_data(config: TrainConfig) -> Dataset:
@@ -31,6 +51,45 @@ def load_training_data(config: TrainConfig) -> Dataset:
         workers=config.workers,
         max_pixels=config.max_pixels,
     )
+
+
+def build_model(
+    config: TrainConfig, data: Dataset, *, given: nn.Module | None = None, shapes: dict[str, list[int]] | None = None
+) -> nn.Module:
+    """The model a run trains: a new `config.model` (official weights with `pretrained`), resized to
+    `shapes` when a resumed run recorded other layer widths; or `given`, once it is shown to be a
+    `config.model` for this data, so the saved run rebuilds it from its model.json."""
+    if given is not None:
+        return _check_given_model(given, config, data)
+    model = create_model(config.model, num_classes=data.num_classes, in_chans=data.channels,
+                         pretrained=config.pretrained, **config.model_kwargs)  # fmt: skip
+    if shapes:
+        resize_to_shapes(model, shapes, config.model)
+    return model
+
+
+def _check_given_model(model: nn.Module, config: TrainConfig, data: Dataset) -> nn.Module:
+    if config.pretrained:
+        raise ConfigError("pretrained loads official weights into a new model; a given model has its own weights. "
+                          "Drop one of them")  # fmt: skip
+    classes = getattr(model, "num_classes", data.num_classes)
+    if classes != data.num_classes:
+        raise UserError(
+            f"the given model predicts {classes} classes but {config.data} has {data.num_classes}; give it a new "
+            f"classifier first (timm: model.reset_classifier({data.num_classes}))"
+        )
+    shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    channels = shapes.get(f"{first_conv}.weight", [0, data.channels])[1]
+    if channels != data.channels:
+        raise UserError(f"the given model takes {channels}-channel images but {config.data} has {data.channels}")
+    reference = create_model(config.model, num_classes=data.num_classes, in_chans=data.channels, **config.model_kwargs)
+    try:
+        resize_to_shapes(reference, shapes, config.model)
+        check_state_dict_fits(reference, model.state_dict(), "the given model")
+    except CheckpointError as exc:
+        raise UserError(f"{exc}: it is not a {config.model} (set the config's model to its architecture)") from None
+    return model
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, updates_per_epoch: int):
