@@ -27,6 +27,21 @@ def test_every_command_has_help_with_an_example(command):
     assert "Example" in result.output
 
 
+def test_train_help_groups_its_options_by_the_config_sections():
+    from convforge.train.config import SECTIONS
+
+    text = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["train", "--help"]).output
+    panels = [line.split("─ ", 1)[1].split(" ─", 1)[0] for line in text.splitlines() if line.startswith("╭─ ")]
+    wanted = {f"{section.capitalize()} options" for section, names in SECTIONS.items() if names}
+    assert wanted <= set(panels), panels
+    run_panel = text.split("Run options", 1)[1].split("╰", 1)[0]
+    assert "--model " in run_panel and "--seed " in run_panel
+    assert "--eps " in text.split("Adversarial options", 1)[1].split("╰", 1)[0]
+    # the shared option declarations are copied, not changed: eval's --batch-size stays ungrouped
+    eval_text = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["eval", "--help"]).output
+    assert "Optimisation options" not in eval_text and "--batch-size" in eval_text
+
+
 def _assert_user_error(result, *fragments):
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output

@@ -1,6 +1,7 @@
 """`convforge train DATA --model NAME`: train a model into a run folder (library imports in the
 body; the option defaults are `TrainConfig`'s, read without importing torch)."""
 
+import copy
 import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
@@ -220,5 +221,31 @@ def _print_result(
     output.result(data, text=f"run folder: {run_path}\nnext: convforge report {run_path}")
 
 
+# parameters named otherwise than the TrainConfig field they set
+_FIELD_OF_PARAM = {"model_arg": "model_kwargs", "eps": "adv_eps", "hflip": "hflip"}
+
+
+def _group_by_section(command) -> None:
+    """Show the options in `--help` under TrainConfig's sections (train/config.py `SECTIONS`), and
+    those that are not training settings (run folder, output) under their own heading. Each option
+    gets its own copy of its declaration, so the shared aliases of cli/common.py stay ungrouped."""
+    from typing import Annotated, get_args
+
+    from convforge.train.config import SECTIONS
+
+    section_of = {name: section for section, names in SECTIONS.items() for name in names}
+    function = getattr(command, "__wrapped__", command)
+    for param, annotation in list(function.__annotations__.items()):
+        base, *metadata = get_args(annotation) or (None,)
+        infos = [m for m in metadata if isinstance(m, typer.models.OptionInfo)]
+        if not infos:
+            continue
+        section = section_of.get(_FIELD_OF_PARAM.get(param, param))
+        info = copy.copy(infos[0])
+        info.rich_help_panel = f"{section.capitalize()} options" if section else "Run folder and output"
+        function.__annotations__[param] = Annotated[base, info]
+
+
 def register(app: typer.Typer) -> None:
+    _group_by_section(train_command)
     app.command("train")(train_command)
