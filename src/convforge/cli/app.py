@@ -11,10 +11,10 @@ import typer
 
 app = typer.Typer(
     name="convforge",
-    # Only what the commands below do; compress, measure, export and serve join as they arrive.
+    # Only what the commands below do; quantize, compress and serve join as they arrive.
     help="Build a convolutional vision model from a zoo of architectures, train it on your images, "
-    "evaluate it, explain what it looks at and stress it with attacks and corruptions; one run folder "
-    "keeps its whole history. Start with `convforge demo`.",
+    "evaluate it, explain what it looks at, stress it with attacks and corruptions, export it to ONNX "
+    "and measure what it costs; one run folder keeps its whole history. Start with `convforge demo`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -42,9 +42,9 @@ def _options(
 
 
 def _register() -> None:
-    from convforge.cli import demo, evaluate, explain, models, predict, report, robust, train
+    from convforge.cli import bench, demo, evaluate, explain, export, models, predict, report, robust, train
 
-    for module in (models, train, evaluate, predict, explain, robust, report, demo):
+    for module in (models, train, evaluate, predict, explain, robust, export, bench, report, demo):
         module.register(app)
 
 

@@ -114,3 +114,30 @@ def print_card(output: Output, card: "RobustnessCard") -> None:
             f"shape bias {value} on {bias.images} cue-conflict images ({bias.shape_decisions} by shape, "
             f"{bias.texture_decisions} by texture, {bias.other_decisions} neither)"
         )
+
+
+def export_table(parity: dict, title: str) -> Table:
+    """The parity figures of an export: PyTorch against ONNX Runtime on the same images."""
+    table = Table(title=title)
+    table.add_column("parity check")
+    table.add_column("value", justify="right")
+    table.add_column("required", justify="right")
+    table.add_row("images compared", str(parity["images"]), "")
+    table.add_row("largest |logit difference|", f"{parity['max_abs_logit_diff']:.3g}", f"≤ {parity['atol']:g}")
+    table.add_row("top-1 agreement", percent(parity["top1_agreement"]), f"≥ {percent(parity['min_agreement'])}")
+    table.add_row("largest probability difference", f"{parity['max_prob_diff']:.3g}", "")
+    return table
+
+
+def bench_table(result: dict, title: str) -> Table:
+    """Backend x batch: p50/p99 latency, throughput and speed-up against the first backend."""
+    table = Table(title=title)
+    for column in ("backend", "batch", "p50 ms", "p99 ms", "img/s", "speed-up", "note"):
+        table.add_column(column, justify="left" if column in ("backend", "note") else "right")
+    for row in result["rows"]:
+        if row["unavailable"]:
+            table.add_row(row["backend"], str(row["batch"]), "-", "-", "-", "-", f"[dim]{row['unavailable']}[/dim]")
+            continue
+        table.add_row(row["backend"], str(row["batch"]), f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}",
+                      f"{row['images_per_second']:.0f}", f"{row['speedup']:.2f}x", "")  # fmt: skip
+    return table

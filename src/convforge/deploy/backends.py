@@ -1,0 +1,93 @@
+"""The ways a model can run, behind one call: normalised float32 NCHW images in, float32 logits out.
+
+| backend    | runs                                                         |
+|------------|--------------------------------------------------------------|
+| torch      | the PyTorch model in float32                                 |
+| torch-bf16 | the PyTorch model under bfloat16 autocast                    |
+| ort        | the exported `model.onnx` in ONNX Runtime                    |
+| ort-int8   | the quantized `model.int8.onnx` in ONNX Runtime              |
+
+A backend a model cannot use here is reported with the reason (`BackendUnavailable`), never a crash:
+no exported file yet, bf16 on a CPU without bf16 instructions (it would run, emulated and slower
+than float32, which is not what a user who asks for bf16 means to measure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from convforge.device import cpu_has_fast_bf16
+from convforge.errors import ConfigError, did_you_mean
+
+BACKENDS = ("torch", "torch-bf16", "ort", "ort-int8")
+
+
+class BackendUnavailable(Exception):
+    """This backend cannot run this model here; the message says why and what would change it."""
+
+
+@dataclass
+class Backend:
+    name: str
+    run: Callable[[torch.Tensor], np.ndarray]  # normalised NCHW float32 -> logits
+    file: str | None = None  # the file it runs, for the size column
+    threads: int | None = None
+
+    @property
+    def file_size(self) -> int | None:
+        return os.path.getsize(self.file) if self.file and os.path.isfile(self.file) else None
+
+
+def parse_backends(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ConfigError(f"--backend needs at least one of {', '.join(BACKENDS)}")
+    for name in names:
+        if name not in BACKENDS:
+            raise ConfigError(
+                f"unknown backend {name!r}.{did_you_mean(name, BACKENDS)} Choose from {', '.join(BACKENDS)}"
+            )
+    return list(dict.fromkeys(names))
+
+
+def torch_backend(model: nn.Module, *, bf16: bool = False, threads: int | None = None,
+                  file: str | None = None) -> Backend:  # fmt: skip
+    """`model` (eval mode, on its own device) as a backend; with `bf16`, under bfloat16 autocast."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if bf16 and device.type == "cpu" and not cpu_has_fast_bf16():
+        raise BackendUnavailable("this CPU has no bf16 instructions (avx512_bf16 or AMX); bf16 would only be emulated")
+    model.eval()
+
+    def run(images: torch.Tensor) -> np.ndarray:
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with torch.no_grad(), autocast:
+            return model(images.to(device)).float().cpu().numpy()
+
+    return Backend("torch-bf16" if bf16 else "torch", run, file, threads)
+
+
+def ort_backend(path: str | os.PathLike, *, name: str = "ort", threads: int | None = None,
+                device: str = "cpu") -> Backend:  # fmt: skip
+    """An ONNX file in ONNX Runtime as a backend."""
+    from convforge.deploy.onnx_file import open_session
+
+    path = Path(path)
+    if not path.is_file():
+        command = "convforge quantize RUN DATA" if name == "ort-int8" else "convforge export RUN"
+        raise BackendUnavailable(f"no {path.name} yet; make it with `{command}`")
+    session = open_session(path, threads, device)
+    input_name = session.get_inputs()[0].name
+
+    def run(images: torch.Tensor) -> np.ndarray:
+        array = images.detach().float().cpu().contiguous().numpy()
+        return session.run(None, {input_name: array})[0]
+
+    return Backend(name, run, str(path), threads)

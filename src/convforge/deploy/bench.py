@@ -1,0 +1,163 @@
+"""`convforge bench`: one model, several backends, several batch sizes, one table.
+
+What a source offers: a run folder has its PyTorch model and, once exported and quantized, its ONNX
+files; a model name is the architecture with fresh weights (latency does not depend on the values);
+an `.onnx` file runs in ONNX Runtime only. Every backend is timed the same way
+(`convforge.measure.time_calls`: warm-up, then timed calls within a time budget) on the same random
+input, with the thread count set explicitly for both PyTorch and ONNX Runtime and recorded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convforge.checkpoint import ModelSpec
+from convforge.deploy.backends import Backend, BackendUnavailable, ort_backend, torch_backend
+from convforge.errors import UserError
+from convforge.measure.cost import torch_threads
+from convforge.measure.counting import count_macs, count_params
+from convforge.measure.latency import Latency, time_calls
+from convforge.measure.memory import peak_activation_bytes
+from convforge.runs import INT8_ONNX_FILE, ONNX_FILE, RUN_FILE, WEIGHTS_FILE, Run
+
+
+@dataclass
+class BenchRow:
+    backend: str
+    batch: int
+    latency: Latency | None
+    unavailable: str | None = None
+    speedup: float | None = None  # against the first backend at this batch size
+    file_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "batch": self.batch, "unavailable": self.unavailable, "speedup": self.speedup,
+                "file_size": self.file_size, **(self.latency.to_dict() if self.latency else {})}  # fmt: skip
+
+
+@dataclass
+class BenchResult:
+    source: str
+    input_size: tuple[int, int, int]
+    threads: int
+    params: int | None
+    macs: int | None
+    peak_activation_bytes: dict[int, int] = field(default_factory=dict)
+    rows: list[BenchRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "input_size": list(self.input_size), "threads": self.threads,
+                "params": self.params, "macs": self.macs, "peak_activation_bytes": self.peak_activation_bytes,
+                "rows": [row.to_dict() for row in self.rows]}  # fmt: skip
+
+
+@dataclass
+class BenchSource:
+    """What `bench` measures: a PyTorch model and/or ONNX files, with the input they take."""
+
+    name: str
+    input_size: tuple[int, int, int]
+    model: torch.nn.Module | None = None
+    onnx: str | None = None
+    int8: str | None = None
+    run: Run | None = None
+    weights_file: str | None = None
+
+
+def open_source(source: str | os.PathLike, *, input_size: int | None = None) -> BenchSource:
+    """A run folder, an `.onnx` file or a model name (`input_size` overrides the side length)."""
+    path = Path(source)
+    if path.suffix == ".onnx":
+        from convforge.deploy.onnx_file import spec_from_onnx
+
+        size = (input_size, input_size) if input_size else None
+        spec = spec_from_onnx(path, input_size=size, classes=["?"], mean=(0.0,), std=(1.0,))
+        name = "ort-int8" if path.name.endswith(".int8.onnx") else "ort"
+        return BenchSource(path.name, _size(spec, input_size), **{"int8" if name == "ort-int8" else "onnx": str(path)})
+    if (path / RUN_FILE).is_file():
+        from convforge.checkpoint import load_model
+
+        run = Run.open(path)
+        if not run.has_model:
+            raise UserError(f"{run.path} holds no trained model yet (no {WEIGHTS_FILE}); train it first")
+        model, spec = load_model(run.path)
+        return BenchSource(run.name, _size(spec, input_size), model, str(run.artifact(ONNX_FILE)),
+                           str(run.artifact(INT8_ONNX_FILE)), run, str(run.path / WEIGHTS_FILE))  # fmt: skip
+    if path.exists():
+        raise UserError(f"{path} is neither a run folder (it has no {RUN_FILE}) nor an .onnx file")
+    from convforge.models import create_model
+    from convforge.models.info import default_input_size
+
+    name = str(source)
+    model = create_model(name).eval()
+    channels, height, width = default_input_size(name)
+    return BenchSource(name, (channels, input_size or height, input_size or width), model)
+
+
+def _size(spec: ModelSpec, side: int | None) -> tuple[int, int, int]:
+    height, width = (side, side) if side else spec.preprocessing.input_size
+    return spec.in_chans, height, width
+
+
+def make_backend(source: BenchSource, name: str, threads: int | None) -> Backend:
+    if name in ("torch", "torch-bf16"):
+        if source.model is None:
+            raise BackendUnavailable("an ONNX file has no PyTorch model; bench the run folder for torch")
+        return torch_backend(source.model, bf16=name == "torch-bf16", threads=threads, file=source.weights_file)
+    path = source.int8 if name == "ort-int8" else source.onnx
+    if path is None:
+        kind = "an INT8" if name == "ort-int8" else "an exported"
+        raise BackendUnavailable(f"{source.name} is not a run folder, so it has no {kind} ONNX file")
+    return ort_backend(path, name=name, threads=threads)
+
+
+def bench(
+    source: BenchSource,
+    backends: list[str],
+    batches: list[int],
+    *,
+    threads: int | None = None,
+    budget_seconds: float = 2.0,
+    warmup: int = 3,
+) -> BenchResult:
+    """Latency of every backend at every batch size; params, MACs and peak activation memory of the
+    PyTorch model when there is one."""
+    with torch_threads(threads) as used:
+        model = source.model
+        result = BenchResult(source.name, source.input_size, used,
+                             count_params(model) if model is not None else None,
+                             count_macs(model, source.input_size) if model is not None else None)  # fmt: skip
+        opened: dict[str, Backend | str] = {}
+        for name in backends:
+            try:
+                opened[name] = make_backend(source, name, used)
+            except BackendUnavailable as exc:
+                opened[name] = str(exc)
+        generator = torch.Generator().manual_seed(0)
+        for batch in batches:
+            images = torch.randn(batch, *source.input_size, generator=generator)
+            if model is not None:
+                result.peak_activation_bytes[batch] = peak_activation_bytes(model, images)
+            baseline = None
+            for name in backends:
+                backend = opened[name]
+                if isinstance(backend, str):
+                    result.rows.append(BenchRow(name, batch, None, backend))
+                    continue
+                latency = time_calls(lambda b=backend, x=images: b.run(x), batch=batch, warmup=warmup,
+                                     budget_seconds=budget_seconds)  # fmt: skip
+                baseline = baseline or latency
+                result.rows.append(BenchRow(name, batch, latency, speedup=baseline.p50_ms / latency.p50_ms,
+                                            file_size=backend.file_size))  # fmt: skip
+    return result
+
+
+def record_bench(run: Run, result: BenchResult) -> None:
+    from convforge.runs import hardware_fingerprint
+
+    run.append_metrics({"kind": "bench", **result.to_dict(), "hardware": hardware_fingerprint()})

@@ -1,0 +1,116 @@
+"""ONNX files as convforge writes and reads them: the metadata a consumer needs without convforge,
+and ONNX Runtime sessions with an explicit thread count.
+
+The metadata (`metadata_props`, all strings) says how to feed the model and read its output:
+`classes` (JSON list, in output order), `mean`, `std` (JSON lists, on [0, 1] pixels), `input_size`
+(JSON [height, width]), `channels`, `channel_order` ("RGB" or "L"), `interpolation`, `crop_pct`, and
+where it came from: `convforge_version`, `architecture`, `source_weights_sha256`, `run`. `convforge`
+holds the whole model description as JSON, which is what convforge itself reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from convforge.checkpoint import ModelSpec
+from convforge.data.transforms import Preprocessing
+from convforge.errors import CheckpointError, UserError
+
+CONSUMER_KEYS = ("classes", "mean", "std", "input_size", "channels", "channel_order", "interpolation", "crop_pct")
+
+
+def metadata_for(spec: ModelSpec, *, run_name: str | None, weights_sha256: str | None) -> dict[str, str]:
+    from convforge._version import __version__
+
+    p = spec.preprocessing
+    plain = {
+        "classes": spec.classes, "mean": list(p.mean), "std": list(p.std), "input_size": list(p.input_size),
+        "channels": p.channels, "channel_order": "RGB" if p.channels == 3 else "L",
+        "interpolation": p.interpolation, "crop_pct": p.crop_pct,
+    }  # fmt: skip
+    description = {k: v for k, v in spec.to_dict().items() if k != "shapes"}
+    return {
+        **{key: json.dumps(value) if not isinstance(value, str) else value for key, value in plain.items()},
+        "convforge": json.dumps(description),
+        "convforge_version": __version__,
+        "architecture": spec.architecture,
+        "source_weights_sha256": weights_sha256 or "",
+        "run": run_name or "",
+    }
+
+
+def set_metadata(model_proto: Any, metadata: dict[str, str]) -> None:
+    existing = {entry.key: entry for entry in model_proto.metadata_props}
+    for key, value in metadata.items():
+        entry = existing.get(key) or model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_onnx(path: str | os.PathLike) -> Any:
+    """The ModelProto of an ONNX file, or a UserError that says the file is not one."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds; all mean "not an ONNX file"
+        raise CheckpointError(f"{path} is not an ONNX file ({type(exc).__name__}: {exc})") from None
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    return {entry.key: entry.value for entry in read_onnx(path).metadata_props}
+
+
+def spec_from_onnx(
+    path: str | os.PathLike,
+    *,
+    classes: list[str] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> ModelSpec:
+    """The model description an ONNX file carries; for a file without convforge metadata, the
+    caller's `classes`, `mean`, `std` (and `input_size`, else the file's static input shape)."""
+    metadata = onnx_metadata(path)
+    if "convforge" in metadata:
+        return ModelSpec.from_dict(json.loads(metadata["convforge"]))
+    proto_input = read_onnx(path).graph.input[0].type.tensor_type.shape.dim
+    dims = [d.dim_value or None for d in proto_input]
+    missing = [name for name, value in (("--classes", classes), ("--mean", mean), ("--std", std)) if value is None]
+    static_size = tuple(dims[2:4]) if len(dims) == 4 and all(dims[2:4]) else None
+    if input_size is None and static_size is None:
+        missing.append("--size")
+    if missing:
+        raise UserError(
+            f"{path} has no convforge metadata (class names, mean, std, input size): give {', '.join(missing)} "
+            "to run it anyway, or export it with `convforge export RUN`"
+        )
+    channels = dims[1] if len(dims) == 4 and dims[1] else len(mean)
+    preprocessing = Preprocessing(tuple(input_size or static_size), tuple(mean), tuple(std), channels=channels)
+    return ModelSpec("onnx", len(classes), channels, list(classes), preprocessing)
+
+
+def open_session(model: str | os.PathLike | bytes, threads: int | None = None, device: str = "cpu") -> Any:
+    """An ONNX Runtime session with every graph optimisation and `threads` intra-op threads (None:
+    ONNX Runtime's default, one per physical core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
+        raise CheckpointError(f"ONNX Runtime cannot load {model if not isinstance(model, bytes) else 'the model'}: "
+                              f"{exc}") from None  # fmt: skip

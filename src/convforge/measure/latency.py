@@ -1,0 +1,102 @@
+"""Timing calls the way a latency figure should be taken: warm-up first, then a fixed number of
+timed calls or as many as a time budget allows, each timed on its own, quoted as percentiles.
+
+On a GPU each call is timed with CUDA events and the device is synchronised after it, so a figure
+is the time the work took, not the time it took to queue. The function is cheap to call again on
+the same loaded model (the pruning work calls it after every step): it allocates nothing but the
+list of times.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Latency:
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    images_per_second: float  # batch / median time
+    iterations: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def time_calls(
+    call: Callable[[], Any],
+    *,
+    batch: int,
+    warmup: int = 3,
+    iterations: int | None = None,
+    budget_seconds: float = 2.0,
+    min_iterations: int = 5,
+    max_iterations: int = 1000,
+    device: torch.device | str = "cpu",
+) -> Latency:
+    """Time `call()` (one batch of `batch` images): `warmup` untimed calls, then `iterations` timed
+    ones, or, when None, as many as `budget_seconds` allows within [min_iterations, max_iterations]."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        call()
+    timer = _cuda_timer(device) if device.type == "cuda" else _wall_timer
+    times: list[float] = []
+    started = time.perf_counter()
+    while True:
+        times.append(timer(call))
+        done = len(times)
+        if iterations is not None:
+            if done >= iterations:
+                break
+        elif done >= max_iterations or (done >= min_iterations and time.perf_counter() - started >= budget_seconds):
+            break
+    return summarise(times, batch)
+
+
+def summarise(seconds: list[float], batch: int) -> Latency:
+    """Percentiles (linear interpolation between order statistics) of per-call times in seconds."""
+    ordered = sorted(seconds)
+    median = statistics.median(ordered)
+    return Latency(
+        batch=batch,
+        p50_ms=median * 1e3,
+        p90_ms=_percentile(ordered, 0.90) * 1e3,
+        p99_ms=_percentile(ordered, 0.99) * 1e3,
+        mean_ms=statistics.fmean(ordered) * 1e3,
+        images_per_second=batch / median if median > 0 else float("inf"),
+        iterations=len(ordered),
+    )
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _wall_timer(call: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _cuda_timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    def timed(call: Callable[[], Any]) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1e3
+
+    return timed
