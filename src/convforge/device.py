@@ -39,6 +39,20 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_has_vnni() -> bool:
+    """True when the CPU has 8-bit dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX-INT8):
+    where INT8 convolutions run at full speed and u8 x s8 products cannot saturate. Without them ONNX
+    Runtime's INT8 kernels need weights quantized to 7 bits (`reduce_range`)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if cap == "AVX2":  # held to AVX2 to reproduce an older machine
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: 'auto' picks bf16 where the hardware computes it natively (measured faster,
     see benchmarks/RESULTS.md), else full precision."""

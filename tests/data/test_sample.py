@@ -36,3 +36,15 @@ def test_is_dataset_spec(tmp_path):
     assert is_dataset_spec(["mnist:/no/such/folder"]) and is_dataset_spec([str(tmp_path / "tree")])
     assert not is_dataset_spec([str(image)]) and not is_dataset_spec([str(tmp_path / "flat")])
     assert not is_dataset_spec(["unknownscheme:x"]) and not is_dataset_spec(["shapes", "shapes"])
+
+
+def test_stratified_positions_share_the_count_over_classes_seeded():
+    from convforge.data.sample import stratified_positions
+
+    labels = np.array([0] * 50 + [1] * 5 + [2] * 45)
+    positions = stratified_positions(labels, 30, seed=0)
+    assert len(set(positions.tolist())) == 30
+    assert np.bincount(labels[positions]).tolist() == [13, 5, 12]  # the small class gives all it has
+    np.testing.assert_array_equal(positions, stratified_positions(labels, 30, seed=0))
+    assert not np.array_equal(positions, stratified_positions(labels, 30, seed=1))
+    np.testing.assert_array_equal(stratified_positions(labels, 500, seed=0), np.arange(100))

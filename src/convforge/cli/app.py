@@ -13,8 +13,9 @@ app = typer.Typer(
     name="convforge",
     # Only what the commands below do; quantize, compress and serve join as they arrive.
     help="Build a convolutional vision model from a zoo of architectures, train it on your images, "
-    "evaluate it, explain what it looks at, stress it with attacks and corruptions, export it to ONNX "
-    "and measure what it costs; one run folder keeps its whole history. Start with `convforge demo`.",
+    "evaluate it, explain what it looks at, stress it with attacks and corruptions, export it to ONNX, "
+    "quantize it to INT8 and measure what it costs; one run folder keeps its whole history. "
+    "Start with `convforge demo`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -42,9 +43,21 @@ def _options(
 
 
 def _register() -> None:
-    from convforge.cli import bench, demo, evaluate, explain, export, models, predict, report, robust, train
+    from convforge.cli import (
+        bench,
+        demo,
+        evaluate,
+        explain,
+        export,
+        models,
+        predict,
+        quantize,
+        report,
+        robust,
+        train,
+    )  # fmt: skip
 
-    for module in (models, train, evaluate, predict, explain, robust, export, bench, report, demo):
+    for module in (models, train, evaluate, predict, explain, robust, export, quantize, bench, report, demo):
         module.register(app)
 
 

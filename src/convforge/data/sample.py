@@ -18,6 +18,21 @@ def spread_positions(length: int, count: int) -> np.ndarray:
     return np.unique(np.linspace(0, length - 1, min(count, length)).round().astype(np.int64))
 
 
+def stratified_positions(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` positions drawn without replacement, as evenly over the classes as their sizes allow
+    (a class with too few images gives all it has; the others make up the rest), in a seeded order."""
+    labels = np.asarray(labels)
+    if count >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    # round-robin: every class's first image, then every class's second, ...
+    positions = np.concatenate(pools)
+    rank = np.concatenate([np.arange(len(pool)) for pool in pools])
+    klass = np.concatenate([np.full(len(pool), i) for i, pool in enumerate(pools)])
+    return np.sort(positions[np.lexsort((klass, rank))[:count]])
+
+
 def align_classes(imageset: ImageSet, model_classes: list[str], where: str) -> ImageSet:
     """Relabel `imageset` to the model's class order, matching classes by name.
 
@@ -70,13 +85,15 @@ def sample_split(
         raise DatasetError(f"{spec_text} has no {split!r} split; it has {sorted(dataset.splits)}")
     chosen = dataset.splits[split] if split else dataset.eval_split()
     imageset = align_classes(chosen, classes, spec_text)
-    positions = spread_positions(len(imageset), count)
-    skipped = len(dataset.skipped)
-    if imageset.streaming:
-        pixels = [imageset.images.read(int(imageset.indices[p])) for p in positions]
-        kept = [i for i, image in enumerate(pixels) if isinstance(image, np.ndarray)]
-        skipped += len(pixels) - len(kept)
-        raw, positions = np.stack([pixels[i] for i in kept]), positions[kept]
-    else:
-        raw = imageset.gather(positions)
-    return DatasetSample(imageset, positions, raw, skipped)
+    raw, positions, unreadable = read_pixels(imageset, spread_positions(len(imageset), count))
+    return DatasetSample(imageset, positions, raw, len(dataset.skipped) + unreadable)
+
+
+def read_pixels(imageset: ImageSet, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """uint8 NHWC images at `positions` of any split (a streaming one is decoded file by file, its
+    unreadable images left out): (pixels, the positions read, how many were unreadable)."""
+    if not imageset.streaming:
+        return imageset.gather(positions), positions, 0
+    pixels = [imageset.images.read(int(imageset.indices[p])) for p in positions]
+    kept = [i for i, image in enumerate(pixels) if isinstance(image, np.ndarray)]
+    return np.stack([pixels[i] for i in kept]), positions[kept], len(pixels) - len(kept)

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,6 +75,21 @@ def torch_backend(model: nn.Module, *, bf16: bool = False, threads: int | None =
     return Backend("torch-bf16" if bf16 else "torch", run, file, threads)
 
 
+class OnnxModule(nn.Module):
+    """An ONNX Runtime session behind `nn.Module`'s call, so code written for PyTorch models
+    (evaluation, attacks' targets, corruption studies) runs an exported file unchanged. Inference only:
+    no parameters, no gradients; outputs are CPU float32 tensors."""
+
+    def __init__(self, session: Any):
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().float().cpu().contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
 def ort_backend(path: str | os.PathLike, *, name: str = "ort", threads: int | None = None,
                 device: str = "cpu") -> Backend:  # fmt: skip
     """An ONNX file in ONNX Runtime as a backend."""
@@ -83,11 +99,5 @@ def ort_backend(path: str | os.PathLike, *, name: str = "ort", threads: int | No
     if not path.is_file():
         command = "convforge quantize RUN DATA" if name == "ort-int8" else "convforge export RUN"
         raise BackendUnavailable(f"no {path.name} yet; make it with `{command}`")
-    session = open_session(path, threads, device)
-    input_name = session.get_inputs()[0].name
-
-    def run(images: torch.Tensor) -> np.ndarray:
-        array = images.detach().float().cpu().contiguous().numpy()
-        return session.run(None, {input_name: array})[0]
-
-    return Backend(name, run, str(path), threads)
+    module = OnnxModule(open_session(path, threads, device))
+    return Backend(name, lambda images: module(images).numpy(), str(path), threads)

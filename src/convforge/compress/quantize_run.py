@@ -1,0 +1,132 @@
+"""`convforge quantize RUN DATA`: the run's exported model.onnx to artifacts/model.int8.onnx, with
+fp32 and INT8 evaluated side by side on the test split and timed at batch 1 and 64."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from convforge.checkpoint import read_model_spec
+from convforge.compress.quantize import METHODS, Attempt, calibration_batches, check_method, prepare, search
+from convforge.data.sample import align_classes, read_pixels, stratified_positions
+from convforge.data.spec import load_dataset
+from convforge.deploy.backends import OnnxModule
+from convforge.deploy.onnx_file import open_session, read_onnx, set_metadata
+from convforge.errors import ConfigError, DatasetError, RunFolderError, UserError
+from convforge.files import atomic_write_bytes
+from convforge.measure.latency import time_calls
+from convforge.runs import INT8_ONNX_FILE, ONNX_FILE, Run
+from convforge.train.evaluate import evaluate
+
+
+@dataclass
+class QuantizeResult:
+    path: str
+    size_bytes: int
+    fp32_size_bytes: int
+    method: str
+    calibration_images: int
+    kept_fp32: list[str]
+    fp32_top1: float
+    int8_top1: float
+    agreement: float  # share of test images where fp32 and INT8 predict the same class
+    max_drop: float
+    within_budget: bool
+    test_images: int
+    latency_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # backend -> batch -> p50
+    images_per_second: dict[str, dict[int, float]] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def drop_points(self) -> float:
+        return (self.fp32_top1 - self.int8_top1) * 100
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "drop_points": self.drop_points}
+
+
+def quantize_run(
+    run_path: str | os.PathLike,
+    data: str,
+    *,
+    calibration: int = 512,
+    method: str = "minmax",
+    max_drop: float = 1.0,
+    split: str | None = None,
+    seed: int = 0,
+    op_types: list[str] | None = None,
+    threads: int | None = None,
+    strict: bool = False,
+    force: bool = False,
+    latency_seconds: float = 2.0,
+) -> QuantizeResult:
+    """Quantize RUN/artifacts/model.onnx with calibration images from DATA's training split, evaluate
+    both on DATA's test split (`split`), and write model.int8.onnx and a "quantize" record."""
+    check_method(method)
+    if max_drop < 0:
+        raise ConfigError(f"--max-drop is the most top-1 points INT8 may lose; it cannot be negative ({max_drop})")
+    if calibration < 1:
+        raise ConfigError(f"--calibration must be at least 1 image, got {calibration}")
+    run = Run.open(run_path)
+    source = run.artifact(ONNX_FILE)
+    if not source.is_file():
+        raise RunFolderError(f"{run.path} has no {ONNX_FILE} yet; export it first: convforge export {run.path}")
+    target = run.artifact(INT8_ONNX_FILE)
+    if target.exists() and not force:
+        raise UserError(f"{target} exists already; --force replaces it")
+    spec = read_model_spec(run.path)
+    fp32_bytes = source.read_bytes()
+    read_onnx(source)  # a damaged file fails here with a clear message
+
+    dataset = load_dataset(data, strict=strict, channels=spec.in_chans)
+    if "train" not in dataset.splits:
+        raise DatasetError(f"{data} has no training split to calibrate on; it has {sorted(dataset.splits)}")
+    train = align_classes(dataset.splits["train"], spec.classes, data)
+    if calibration > len(train):
+        raise UserError(f"--calibration {calibration} is more than the {len(train)} training images of {data}")
+    if split is not None and split not in dataset.splits:
+        raise DatasetError(f"{data} has no {split!r} split; it has {sorted(dataset.splits)}")
+    test = align_classes(dataset.splits[split] if split else dataset.eval_split(), spec.classes, data)
+    pixels, positions, unreadable = read_pixels(train, stratified_positions(train.labels, calibration, seed))
+    batches = calibration_batches(pixels, spec.preprocessing)
+
+    def evaluated(onnx_bytes: bytes):
+        return evaluate(OnnxModule(open_session(onnx_bytes, threads)), test, spec.preprocessing, batch_size=64)
+
+    fp32 = evaluated(fp32_bytes)
+    found = search(prepare(fp32_bytes), batches, lambda b: evaluated(b).top1, method=method, max_drop=max_drop,
+                   fp32_top1=fp32.top1, op_types=op_types)  # fmt: skip
+    int8 = evaluated(found.model_bytes)
+    int8_bytes = _with_metadata(found.model_bytes, source)
+    atomic_write_bytes(target, int8_bytes)
+
+    result = QuantizeResult(
+        path=run.relative(target), size_bytes=len(int8_bytes), fp32_size_bytes=len(fp32_bytes), method=found.method,
+        calibration_images=len(positions), kept_fp32=found.kept_fp32, fp32_top1=fp32.top1, int8_top1=int8.top1,
+        agreement=float(np.mean(fp32.predictions == int8.predictions)), max_drop=max_drop,
+        within_budget=found.within_budget, test_images=int8.images, attempts=found.attempts,
+    )  # fmt: skip
+    for name, model_bytes in (("ort", fp32_bytes), ("ort-int8", int8_bytes)):
+        module = OnnxModule(open_session(model_bytes, threads))
+        for batch in (1, 64):
+            images = torch.randn(batch, spec.in_chans, *spec.preprocessing.input_size)
+            latency = time_calls(lambda m=module, x=images: m(x), batch=batch, budget_seconds=latency_seconds)
+            result.latency_ms.setdefault(name, {})[batch] = latency.p50_ms
+            result.images_per_second.setdefault(name, {})[batch] = latency.images_per_second
+    run.append_metrics({"kind": "quantize", "data": data, "split": test.name, "methods_available": list(METHODS),
+                        "skipped_files": len(dataset.skipped) + unreadable, **result.to_dict()})  # fmt: skip
+    return result
+
+
+def _with_metadata(int8_bytes: bytes, fp32_path) -> bytes:
+    """The INT8 model carries the fp32 file's metadata (classes, preprocessing, lineage) and says it is INT8."""
+    import onnx
+
+    model = onnx.load_from_string(int8_bytes)
+    metadata = {entry.key: entry.value for entry in read_onnx(fp32_path).metadata_props}
+    set_metadata(model, {**metadata, "quantization": "int8 static QDQ (onnxruntime)"})
+    return model.SerializeToString()
