@@ -13,7 +13,7 @@ from convforge.cli import app
 from tests.helpers import TINY_MODEL, TINY_MODEL_KWARGS, TINY_SHAPES
 
 runner = CliRunner()
-COMMANDS = ["models", "train", "eval", "predict", "explain", "report", "demo"]
+COMMANDS = ["models", "train", "eval", "predict", "explain", "export", "quantize", "bench", "report", "demo"]
 
 
 def invoke(*args: str):

@@ -27,6 +27,13 @@ MaxPixelsOption = Annotated[
     int,
     typer.Option(help="Refuse images that declare more pixels than this (decompression bombs).", min=1),
 ]
+# For an .onnx file without convforge metadata (one exported elsewhere): how to feed it and name its outputs
+ClassesOption = Annotated[
+    str | None, typer.Option(help="For an .onnx file without convforge metadata: class names, comma-separated.")
+]
+MeanOption = Annotated[str | None, typer.Option(help="For such a file: per-channel mean on [0, 1], like 0.5,0.5,0.5.")]
+StdOption = Annotated[str | None, typer.Option(help="For such a file: per-channel std on [0, 1].")]
+SizeOption = Annotated[int | None, typer.Option(help="For such a file: input side in pixels, when not fixed in it.")]
 # Without a terminal rich would wrap tables at 80 columns; a log file or a pipe has no width to respect.
 _PLAIN_WIDTH = 200
 
@@ -118,3 +125,18 @@ def parse_key_values(items: Sequence[str] | None, option: str) -> dict[str, Any]
 
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def onnx_overrides(classes: str | None, mean: str | None, std: str | None, size: int | None) -> dict[str, Any]:
+    """The keyword arguments of `deploy.backends.open_model` from --classes/--mean/--std/--size."""
+
+    def floats(text: str | None, option: str) -> tuple[float, ...] | None:
+        if text is None:
+            return None
+        try:
+            return tuple(float(part) for part in text.split(","))
+        except ValueError:
+            raise ConfigError(f"{option} takes numbers separated by commas, like 0.5,0.5,0.5; got {text!r}") from None
+
+    names = [name.strip() for name in classes.split(",")] if classes else None
+    return {"classes": names, "mean": floats(mean, "--mean"), "std": floats(std, "--std"), "size": size}

@@ -8,12 +8,17 @@ import typer
 from convforge.cli.common import (
     AmpOption,
     BatchSizeOption,
+    ClassesOption,
     DeviceOption,
     JsonOption,
     MaxPixelsOption,
+    MeanOption,
     Output,
     QuietOption,
+    SizeOption,
+    StdOption,
     StrictOption,
+    onnx_overrides,
     user_errors,
 )
 from convforge.cli.tables import eval_table
@@ -26,7 +31,9 @@ if TYPE_CHECKING:
 
 @user_errors
 def eval_command(
-    run_path: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder with a trained model.")],
+    run_path: Annotated[
+        Path, typer.Argument(metavar="RUN", help="Run folder with a trained model, or an .onnx file (ONNX Runtime).")
+    ],
     data: Annotated[str, typer.Argument(help="Dataset spec (same forms as convforge train).")],
     split: Annotated[
         str | None,
@@ -40,6 +47,10 @@ def eval_command(
     device: DeviceOption = "auto",
     strict: StrictOption = False,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
+    classes: ClassesOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    size: SizeOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -48,23 +59,24 @@ def eval_command(
     The result is appended to the run's metrics.jsonl and shows up in its report. Data with only some
     of the model's classes is evaluated on those (matched by name); the others are named.
 
+    An exported file (RUN/artifacts/model.onnx, model.int8.onnx, or any .onnx) runs in ONNX Runtime;
+    its result joins the run it belongs to.
+
     Example: convforge eval runs/resnet18 cifar10:data/cifar10-jpg.tar.gz --split test
     """
     output = Output(quiet, as_json)
-    from convforge.checkpoint import load_model
     from convforge.data.sample import align_classes, missing_classes
     from convforge.data.spec import absolute_spec, load_dataset
+    from convforge.deploy.backends import open_model
     from convforge.device import resolve_amp, resolve_device
     from convforge.run_samples import save_prediction_samples
-    from convforge.runs import Run
     from convforge.train.evaluate import evaluate
 
-    run = Run.open(run_path)
     target_device = resolve_device(device)
-    model, spec = load_model(run.path, device=target_device)
-    dataset = load_dataset(
-        data, strict=strict, channels=spec.in_chans, max_pixels=max_pixels, **_training_val_split(run, data, split)
-    )
+    model, spec, run = open_model(run_path, device=target_device, **onnx_overrides(classes, mean, std, size))
+    is_onnx = run_path.suffix == ".onnx"
+    dataset = load_dataset(data, strict=strict, channels=spec.in_chans, max_pixels=max_pixels,
+                           **(_training_val_split(run, data, split) if run else {}))  # fmt: skip
     if split is not None and split not in dataset.splits:
         raise DatasetError(f"{data} has no {split!r} split; it has {sorted(dataset.splits)}")
     imageset = dataset.splits[split] if split else dataset.eval_split()
@@ -84,22 +96,27 @@ def eval_command(
         spec.preprocessing,
         batch_size=batch_size,
         device=target_device,
-        amp_dtype=resolve_amp(amp, target_device),
+        amp_dtype=None if is_onnx else resolve_amp(amp, target_device),  # ONNX Runtime runs the file as it is
     )
-    run.append_metrics(
-        {
-            "kind": "eval",
-            "data": absolute_spec(data),
-            "skipped_files": len(dataset.skipped),
-            "missing_classes": missing,
-            **result.to_dict(),
-        }
-    )
-    save_prediction_samples(run, imageset, result)
-    output.table(eval_table(result, title=f"{run.path} on {data}"))
+    model_file = {"model_file": str(run_path)} if is_onnx else {}
+    if run is not None:
+        run.append_metrics(
+            {
+                "kind": "eval",
+                "data": absolute_spec(data),
+                "skipped_files": len(dataset.skipped),
+                "missing_classes": missing,
+                **model_file,
+                **result.to_dict(),
+            }
+        )
+        if not is_onnx:
+            save_prediction_samples(run, imageset, result)
+    output.table(eval_table(result, title=f"{run_path} on {data}"))
     output.result(
         {
-            "run": str(run.path),
+            "run": str(run.path) if run else None,
+            **model_file,
             "data": data,
             "skipped_files": len(dataset.skipped),
             "missing_classes": missing,

@@ -9,11 +9,16 @@ from rich.table import Table
 
 from convforge.cli.common import (
     AmpOption,
+    ClassesOption,
     DeviceOption,
     JsonOption,
     MaxPixelsOption,
+    MeanOption,
     Output,
     QuietOption,
+    SizeOption,
+    StdOption,
+    onnx_overrides,
     user_errors,
 )
 from convforge.data.limits import DEFAULT_MAX_PIXELS
@@ -21,7 +26,9 @@ from convforge.data.limits import DEFAULT_MAX_PIXELS
 
 @user_errors
 def predict_command(
-    run_path: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder with a trained model.")],
+    run_path: Annotated[
+        Path, typer.Argument(metavar="RUN", help="Run folder with a trained model, or an .onnx file (ONNX Runtime).")
+    ],
     images: Annotated[
         list[str], typer.Argument(metavar="IMAGE...", help="Image files or folders of images.")
     ],
@@ -29,6 +36,10 @@ def predict_command(
     amp: AmpOption = "auto",
     device: DeviceOption = "auto",
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
+    classes: ClassesOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    size: SizeOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -37,18 +48,18 @@ def predict_command(
     An image that cannot be read gets its reason in the table instead of classes; the others are still
     predicted, and the command then exits with status 1 (2 for a usage mistake, 0 when all were read).
 
+    RUN may also be an exported .onnx file, run by ONNX Runtime.
+
     Example: convforge predict runs/demo photo1.jpg photos/ --top-k 3
     """
     output = Output(quiet, as_json)
-    from convforge.checkpoint import load_model
     from convforge.data.decode import expand_image_paths
+    from convforge.deploy.backends import open_model
     from convforge.deploy.predict import predict_files
     from convforge.device import resolve_amp, resolve_device
-    from convforge.runs import Run
 
-    run = Run.open(run_path)
     target_device = resolve_device(device)
-    model, spec = load_model(run.path, device=target_device)
+    model, spec, _ = open_model(run_path, device=target_device, **onnx_overrides(classes, mean, std, size))
     files = expand_image_paths(images)
     predictions = predict_files(
         model,
@@ -56,10 +67,10 @@ def predict_command(
         files,
         top_k=top_k,
         device=target_device,
-        amp_dtype=resolve_amp(amp, target_device),
+        amp_dtype=None if run_path.suffix == ".onnx" else resolve_amp(amp, target_device),
         max_pixels=max_pixels,
     )
-    table = Table(title=f"{run.path}: {len(files)} image(s)")
+    table = Table(title=f"{run_path}: {len(files)} image(s)")
     table.add_column("image", overflow="fold")
     table.add_column("prediction")
     for prediction in predictions:

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from convforge.checkpoint import ModelSpec
 from convforge.device import cpu_has_fast_bf16
 from convforge.errors import ConfigError, did_you_mean
+from convforge.runs import ARTIFACTS_DIR, RUN_FILE, Run
 
 BACKENDS = ("torch", "torch-bf16", "ort", "ort-int8")
 
@@ -101,3 +103,32 @@ def ort_backend(path: str | os.PathLike, *, name: str = "ort", threads: int | No
         raise BackendUnavailable(f"no {path.name} yet; make it with `{command}`")
     module = OnnxModule(open_session(path, threads, device))
     return Backend(name, lambda images: module(images).numpy(), str(path), threads)
+
+
+def open_model(
+    source: str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    threads: int | None = None,
+    classes: list[str] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    size: int | None = None,
+) -> tuple[nn.Module, ModelSpec, Run | None]:
+    """A run folder's PyTorch model, or an ONNX file run by ONNX Runtime (`OnnxModule`), with its
+    description and the run it belongs to (an `.onnx` under RUN/artifacts/ belongs to RUN; any other
+    has none). A file without convforge metadata needs `classes`, `mean` and `std` (and `size` when its
+    input shape is not fixed)."""
+    from convforge.checkpoint import load_model
+    from convforge.deploy.onnx_file import open_session, spec_from_onnx
+
+    path = Path(source)
+    if path.suffix == ".onnx":
+        spec = spec_from_onnx(path, classes=classes, mean=mean, std=std, input_size=(size, size) if size else None)
+        module = OnnxModule(open_session(path, threads, str(device)))
+        folder = path.resolve().parent.parent
+        owner = Run(folder) if path.parent.name == ARTIFACTS_DIR and (folder / RUN_FILE).is_file() else None
+        return module, spec, owner
+    run = Run.open(path)
+    model, spec = load_model(run.path, device=device)
+    return model, spec, run

@@ -1,0 +1,66 @@
+"""A trained run through the deployment path: export (with the parity gate), INT8 quantization (with
+the accuracy check), then one latency table of PyTorch eager fp32 and bf16, ONNX Runtime fp32 and
+ONNX Runtime INT8 at batch 1 and 64 on the same machine, the same threads and the same input.
+
+    python benchmarks/deploy_int8.py RUN DATA [--calibration 512] [--threads 2] [--seconds 3]
+
+RUN is a run folder trained by convforge (its model.onnx and model.int8.onnx are replaced), DATA the
+dataset to calibrate on and evaluate (its train and test splits). ONNX Runtime chooses its INT8
+kernels from the CPU itself: ONEDNN_MAX_CPU_ISA does not hold it to AVX2, so an AVX2-only figure needs
+an AVX2-only machine. Writes benchmarks/out/deploy_int8-<run>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from convforge.compress.quantize_run import quantize_run
+from convforge.deploy.bench import bench, open_source
+from convforge.deploy.export import export_run
+from convforge.runs import describe_hardware, hardware_fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ["torch", "torch-bf16", "ort", "ort-int8"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run")
+    parser.add_argument("data")
+    parser.add_argument("--calibration", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--max-drop", type=float, default=1.0)
+    args = parser.parse_args()
+
+    exported = export_run(args.run, data=args.data, images=512, force=True)
+    quantized = quantize_run(args.run, args.data, calibration=args.calibration, max_drop=args.max_drop,
+                             threads=args.threads, force=True, latency_seconds=args.seconds)  # fmt: skip
+    result = bench(open_source(args.run), BACKENDS, [1, 64], threads=args.threads, budget_seconds=args.seconds)
+    hardware = {**hardware_fingerprint(), "torch_threads": result.threads}
+    print(f"{Path(args.run).name}: {describe_hardware(hardware)}")
+    print(f"export parity: {json.dumps(exported.parity.to_dict())}")
+    q = quantized
+    print(f"quantize: fp32 top-1 {q.fp32_top1:.4f}, int8 top-1 {q.int8_top1:.4f} (drop {q.drop_points:.2f} "
+          f"points, {q.method}, kept in fp32: {q.kept_fp32 or 'none'}), agreement {q.agreement:.4f}, "
+          f"size {q.fp32_size_bytes / 1e6:.1f} -> {q.size_bytes / 1e6:.1f} MB")  # fmt: skip
+    ort = {row.batch: row.latency for row in result.rows if row.backend == "ort" and row.latency}
+    print("| backend | batch | p50 ms | p99 ms | img/s | vs ORT fp32 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in result.rows:
+        if row.latency is None:
+            print(f"| {row.backend} | {row.batch} | - | - | - | {row.unavailable} |")
+            continue
+        ratio = ort[row.batch].p50_ms / row.latency.p50_ms if row.batch in ort else float("nan")
+        print(f"| {row.backend} | {row.batch} | {row.latency.p50_ms:.2f} | {row.latency.p99_ms:.2f} | "
+              f"{row.latency.images_per_second:.0f} | {ratio:.2f}x |")  # fmt: skip
+    out = ROOT / "benchmarks" / "out" / f"deploy_int8-{Path(args.run).name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"hardware": hardware, "export": exported.to_dict(), "quantize": quantized.to_dict(),
+                               "bench": result.to_dict()}, indent=2, default=str))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
