@@ -19,7 +19,7 @@ LAYERS = [
     {"runs", "run_samples"},
     {"checkpoint"},
     {"train"},
-    {"explain", "robust", "deploy", "report"},  # capabilities: libraries first, above training
+    {"explain", "robust", "compress", "deploy", "report"},  # capabilities: libraries first, above training
     {"cli", "__main__", "__init__"},
 ]
 # the one documented import that points up: adversarial training attacks with robust.attacks
