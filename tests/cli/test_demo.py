@@ -55,7 +55,8 @@ def test_demo_explanations_point_at_the_shapes(demo_run):
 
 def test_demo_stresses_the_model(demo_run):
     """PGD at 8/255 breaks the normally trained demo model; noise at severity 5 costs accuracy."""
-    record = [json.loads(line) for line in (demo_run / "metrics.jsonl").read_text().splitlines()][-1]
+    records = [json.loads(line) for line in (demo_run / "metrics.jsonl").read_text().splitlines()]
+    record = [r for r in records if r["kind"] == "robust"][-1]  # export, quantize and bench records follow it
     assert record["kind"] == "robust" and record["images"] == 256
     robust = {row["eps"]: row["robust_accuracy"] for row in record["attacks"]}
     assert robust[0.0] == record["clean_accuracy"] > 0.9
@@ -63,3 +64,18 @@ def test_demo_stresses_the_model(demo_run):
     noise = record["corruptions"]["accuracy"]["gaussian_noise"]
     assert noise["5"] < record["clean_accuracy"]
     assert "Robustness" in (demo_run / "report.html").read_text()
+
+
+def test_demo_exports_quantizes_and_times_the_model(demo_run):
+    from convforge.runs import Run
+
+    run = Run(demo_run)
+    export = run.metrics("export")[-1]
+    assert export["status"] == "exported" and export["parity"]["passed"] and export["parity"]["images"] == 256
+    quantize = run.metrics("quantize")[-1]
+    assert (demo_run / "artifacts" / "model.int8.onnx").is_file() and quantize["calibration_images"] == 256
+    # the demo model quantizes well: INT8 within the default budget of 1 point and almost always in accord
+    assert quantize["within_budget"] and quantize["agreement"] >= 0.97
+    rows = run.metrics("bench")[-1]["rows"]
+    assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("torch", "ort", "ort-int8") for n in (1, 64)}
+    assert all(r["unavailable"] is None for r in rows)

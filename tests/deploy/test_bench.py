@@ -5,6 +5,7 @@ import json
 
 from convforge.deploy.bench import bench, open_source
 from convforge.deploy.export import export_run
+from convforge.runs import Run
 from tests.helpers import invoke
 
 
@@ -57,3 +58,21 @@ def test_bad_bench_options_are_user_errors(tiny_run_copy, tmp_path):
     assert result.exit_code == 2 and "is not an ONNX file" in result.output
     result = invoke("bench", "resnt18")
     assert result.exit_code == 2 and "resnet18" in result.output
+
+
+def test_the_report_shows_the_deployment_section(tiny_run_copy):
+    from convforge.compress.quantize_run import quantize_run
+    from convforge.report import build_report
+    from tests.helpers import TINY_SHAPES
+
+    export_run(tiny_run_copy, images=8)
+    quantize_run(tiny_run_copy, TINY_SHAPES, calibration=32, max_drop=100.0, latency_seconds=0.02)
+    bench(open_source(tiny_run_copy), ["torch", "ort", "ort-int8"], [1, 2], threads=1, budget_seconds=0.02)
+    from convforge.deploy.bench import record_bench
+
+    record_bench(Run(tiny_run_copy), bench(open_source(tiny_run_copy), ["torch", "ort", "ort-int8"], [2],
+                                           threads=1, budget_seconds=0.02))  # fmt: skip
+    html = build_report(tiny_run_copy).read_text()
+    section = html[html.rindex("<h3>Export</h3>"):]
+    assert "top-1 agreement 100.00%" in section and "INT8 (ONNX Runtime)" in section
+    assert "top-1 against throughput per backend" in section  # the accuracy/speed chart

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from convforge.cli.common import Output, QuietOption, percent, user_errors
-from convforge.cli.tables import comparison_table, eval_table, print_card
+from convforge.cli.tables import bench_table, comparison_table, eval_table, export_table, print_card
 
 # A narrow ResNet-10 (timm's resnet10t with fewer channels, ~0.5M parameters) on 48-px shapes. The demo
 # must finish in 3 minutes on the slowest CPU we meet (2-core AVX2, fp32) and reach 97%+ whatever the
@@ -32,6 +32,12 @@ DEMO_ROBUST_IMAGES = 256
 DEMO_ATTACK_EPS = [2 / 255, 8 / 255]
 DEMO_CORRUPTIONS = ["gaussian_noise", "motion_blur", "contrast", "jpeg_compression"]
 DEMO_SEVERITIES = [1, 3, 5]
+# Deployment: export checked on 256 held-out shapes, INT8 calibrated on 256 training shapes, and a
+# short latency table (half a second per backend and batch size).
+DEMO_PARITY_IMAGES = 256
+DEMO_CALIBRATION = 256
+DEMO_BENCH_SECONDS = 0.5
+DEMO_BACKENDS = ["torch", "ort", "ort-int8"]
 
 
 @user_errors
@@ -41,7 +47,7 @@ def demo_command(
     seed: Annotated[int, typer.Option(help="Training seed (the data stays the same).")] = 0,
     quiet: QuietOption = False,
 ) -> None:
-    """Train a small CNN on the built-in shapes data; evaluate, explain and stress it; write its report.
+    """Train a small CNN on the built-in shapes data; evaluate, explain, stress, export and quantize it.
 
     Nothing is downloaded: the shapes are drawn procedurally (10 classes on textured backgrounds,
     with a ground-truth mask per image).
@@ -50,6 +56,9 @@ def demo_command(
     """
     output = Output(quiet)
     from convforge.checkpoint import load_model
+    from convforge.compress.quantize_run import quantize_run
+    from convforge.deploy.bench import bench, open_source, record_bench
+    from convforge.deploy.export import export_run
     from convforge.device import resolve_device
     from convforge.explain.artifacts import explain_into_run
     from convforge.explain.inputs import dataset_inputs
@@ -64,7 +73,7 @@ def demo_command(
     out = out or next_run_dir("runs", "demo")
     output.message(
         "[bold]convforge demo[/bold]: train a small CNN on the built-in shapes data, evaluate and "
-        "explain it, and write its report."
+        "explain, stress, export and quantize it, and write its report."
     )
     config = TrainConfig(
         data=DEMO_DATA,
@@ -103,6 +112,18 @@ def demo_command(
     )  # fmt: skip
     write_card(Run.open(out), card)
     print_card(output, card)
+    output.message("exporting it to ONNX (checked against PyTorch), quantizing it to INT8 and timing both ...")
+    exported = export_run(out, images=DEMO_PARITY_IMAGES)
+    output.table(export_table(exported.parity.to_dict(), title=f"{out / exported.path}: parity with PyTorch"))
+    quantized = quantize_run(out, DEMO_DATA, calibration=DEMO_CALIBRATION, latency_seconds=DEMO_BENCH_SECONDS)
+    output.message(
+        f"INT8: top-1 {percent(quantized.int8_top1)} against {percent(quantized.fp32_top1)} in fp32 "
+        f"({quantized.drop_points:+.2f} points), {quantized.size_bytes / 1e6:.1f} MB against "
+        f"{quantized.fp32_size_bytes / 1e6:.1f} MB"
+    )
+    timings = bench(open_source(out), DEMO_BACKENDS, [1, 64], budget_seconds=DEMO_BENCH_SECONDS)
+    record_bench(Run.open(out), timings)
+    output.table(bench_table(timings.to_dict(), title="latency: PyTorch, ONNX Runtime fp32 and INT8"))
     report = build_report(out)
     elapsed = time.perf_counter() - started
     top1 = percent(result.test.top1) if result.test else "-"
@@ -111,6 +132,7 @@ def demo_command(
         (f"convforge explain {out} path/to/image.png", "see what it looks at"),
         (f"convforge robust {out} {DEMO_DATA} --bias", "how it fails: attacks, corruptions"),
         (f"convforge eval {out} {DEMO_DATA}", "evaluate again (or on other data)"),
+        (f"convforge bench {out} --batch 1,8,64", "latency per backend and batch size"),
         ("convforge train path/to/your/folder --model resnet18", "train on your own labelled images"),
         ("convforge models convnext", "browse architectures"),
     ]

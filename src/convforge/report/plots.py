@@ -120,3 +120,15 @@ def image_grid_figure(images: np.ndarray, captions: list[str], colors: list[str]
         axis.set_title(caption, fontsize=7, color=color)
     figure.tight_layout()
     return figure
+
+
+def scatter_chart(points: list[tuple[str, float, float]], xlabel: str, ylabel: str) -> str:
+    """Labelled points (label, x, y): accuracy against speed for each way of running a model."""
+    figure, axis = plt.subplots(figsize=(5.2, 3.4))
+    for label, x, y in points:
+        axis.scatter([x], [y], s=40)
+        axis.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    return figure_to_data_uri(figure)

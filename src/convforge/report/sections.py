@@ -248,3 +248,22 @@ def robustness(run: Run) -> dict[str, Any] | None:
         "errors": latest.get("corruption_errors"),
         "bias": latest.get("bias"),
     }
+
+
+@section("deployment", "Deployment", order=70)
+def deployment(run: Run) -> dict[str, Any] | None:
+    """The latest export (parity), quantization (fp32 against INT8) and bench (backend x batch), and
+    accuracy against throughput for each backend that has both."""
+    export, quantize, bench = (next(iter(run.metrics(kind)[-1:]), None) for kind in ("export", "quantize", "bench"))
+    if not (export or quantize or bench):
+        return None
+    accuracy = {"torch": (run.info.get("test") or {}).get("top1")}
+    if quantize:
+        accuracy.update({"ort": quantize["fp32_top1"], "ort-int8": quantize["int8_top1"]})
+    rows = [row for row in (bench or {}).get("rows", []) if not row.get("unavailable")]
+    largest = max((row["batch"] for row in rows), default=None)
+    points = [(row["backend"], row["images_per_second"], accuracy[row["backend"]]) for row in rows
+              if row["batch"] == largest and accuracy.get(row["backend"]) is not None]  # fmt: skip
+    chart = plots.scatter_chart(points, f"images per second at batch {largest}", "top-1") if len(points) > 1 else None
+    return {"export": export, "quantize": quantize, "bench": bench, "rows": (bench or {}).get("rows", []),
+            "chart": chart}  # fmt: skip
