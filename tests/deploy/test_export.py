@@ -62,7 +62,7 @@ def test_an_export_that_computes_something_else_is_rejected_and_kept_aside(tiny_
 
     real = export.deployable
     monkeypatch.setattr(export, "deployable", lambda model: nn.Sequential(real(model), _DifferentWhenExported()).eval())
-    expected = r"largest logit difference .* \(allowed 0.001\).*kept as .*rejected"
+    expected = r"largest logit difference .* \(allowed 0.001\).*first module that differs is `1`.*kept as .*rejected"
     with pytest.raises(ParityError, match=expected) as caught:
         export_run(tiny_run_copy, images=16)
     assert caught.value.parity.passed is False
@@ -121,3 +121,22 @@ def test_a_model_with_an_op_onnx_lacks_gets_a_message_naming_the_op_and_the_modu
     with pytest.raises(UserError, match=r"cannot be exported to ONNX: ONNX has no translation for aten\._linalg_svd, "
                                         r"called in module 1 \(_SingularValues\)"):  # fmt: skip
         export_model(model, spec, torch.zeros(2, 3, 8, 8))
+
+
+def test_the_divergence_finder_names_the_first_module_that_differs():
+    from convforge.deploy.divergence import find_divergence
+    from convforge.deploy.export import deployable, export_onnx_bytes
+
+    model = create_model("resnet10t", num_classes=10).eval()
+    model.layer2[0].act1 = nn.Sequential(model.layer2[0].act1, _DifferentWhenExported())  # inside a block
+    spec = ModelSpec("resnet10t", 10, 3, [str(i) for i in range(10)], Preprocessing((32, 32), (0.5,) * 3, (0.25,) * 3))
+    deployed = deployable(model)
+    onnx_bytes, _ = export_onnx_bytes(deployed, spec)
+    found = find_divergence(deployed, onnx_bytes, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert found.first.module == "layer2.0.act1.1" and found.first.kind == "_DifferentWhenExported"
+    assert found.first.relative == pytest.approx(0.5, rel=1e-4)  # it multiplies by 1.5
+    assert found.compared > 5  # every module before it was compared and agreed
+    honest = deployable(create_model("resnet10t", num_classes=10))
+    onnx_bytes, _ = export_onnx_bytes(honest, spec)
+    clean = find_divergence(honest, onnx_bytes, torch.randn(4, 3, 32, 32))
+    assert clean.first is None and clean.compared > 20

@@ -27,6 +27,9 @@ def export_command(
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's recommended one).")] = None,
     fold: Annotated[bool, typer.Option(help="Fold BatchNorm into the convolution before it.")] = True,
     force: Annotated[bool, typer.Option(help="Replace an existing model.onnx.")] = False,
+    diagnose: Annotated[
+        bool, typer.Option(help="Compare every module's output, PyTorch against ONNX (done anyway on a failed gate).")
+    ] = False,
     strict: StrictOption = False,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
@@ -35,7 +38,8 @@ def export_command(
 
     The model is re-parameterized, BatchNorm is folded, the batch axis is dynamic, and the file's
     metadata carries class names, mean, std and input size. If ONNX Runtime and PyTorch disagree
-    beyond --atol or --min-agreement, the file is kept as model.onnx.rejected and the command exits 1.
+    beyond --atol or --min-agreement, the file is kept as model.onnx.rejected, the first module whose
+    output differs is named, and the command exits 1.
 
     Example: convforge export runs/resnet18 --images 512
     """
@@ -44,12 +48,14 @@ def export_command(
 
     try:
         result = export_run(run_path, data=data, split=split, images=images, strict=strict, opset=opset, fold=fold,
-                            atol=atol, min_agreement=min_agreement, force=force)  # fmt: skip
+                            atol=atol, min_agreement=min_agreement, force=force, diagnose=diagnose)  # fmt: skip
     except ParityError as exc:
         output.table(export_table(exc.parity.to_dict(), title=f"{run_path}: export REJECTED"))
         output.err.print(f"[bold red]parity check failed:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(code=1) from None
     output.table(export_table(result.parity.to_dict(), title=f"{run_path / result.path}"))
+    if result.divergence is not None:
+        output.message(f"module by module: {result.divergence.describe()}")
     output.result(result.to_dict(), text=f"exported: {run_path / result.path} ({result.size_bytes / 1e6:.1f} MB, "
                                          f"opset {result.opset})")  # fmt: skip
 

@@ -31,6 +31,7 @@ from torch import nn
 from convforge.checkpoint import ModelSpec, load_model
 from convforge.data.sample import sample_split
 from convforge.data.transforms import eval_transform
+from convforge.deploy.divergence import Divergence, find_divergence
 from convforge.deploy.onnx_file import metadata_for, open_session, set_metadata
 from convforge.errors import RunFolderError, UserError
 from convforge.files import atomic_write_bytes
@@ -212,26 +213,30 @@ class ExportResult:
     exporter: str
     seconds: float
     parity: Parity
+    divergence: Divergence | None = None  # module by module, when the gate failed or was asked for
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "parity": self.parity.to_dict()}
+        return {**asdict(self), "parity": self.parity.to_dict(),
+                "divergence": self.divergence.to_dict() if self.divergence else None}  # fmt: skip
 
 
 def export_model(
     model: nn.Module, spec: ModelSpec, inputs: torch.Tensor, *, opset: int | None = None, fold: bool = True,
     atol: float = DEFAULT_ATOL, min_agreement: float = DEFAULT_MIN_AGREEMENT, run_name: str | None = None,
-    weights_sha256: str | None = None,
+    weights_sha256: str | None = None, diagnose: bool = False,
 ) -> tuple[bytes, ExportResult]:
     """Export and check; returns the file's bytes and the result (its `path` is filled in by the caller
     that writes it). The parity is checked against the deployed form, which equals the trained model
-    (re-parameterization is exact: tests/models)."""
+    (re-parameterization is exact: tests/models). When the gate fails, or with `diagnose`, the
+    divergence finder (deploy/divergence.py) compares every module's output on a few of the images."""
     started = time.perf_counter()
     deployed = deployable(model)
     metadata = metadata_for(spec, run_name=run_name, weights_sha256=weights_sha256)
     data, used_opset = export_onnx_bytes(deployed, spec, opset=opset, fold=fold, metadata=metadata)
     parity = check_parity(deployed, data, inputs, atol=atol, min_agreement=min_agreement)
     exporter = f"torch.onnx.export(dynamo=True), torch {torch.__version__}"
-    result = ExportResult("", len(data), used_opset, fold, exporter, time.perf_counter() - started, parity)
+    divergence = find_divergence(deployed, data, inputs[:8]) if diagnose or not parity.passed else None
+    result = ExportResult("", len(data), used_opset, fold, exporter, time.perf_counter() - started, parity, divergence)
     return data, result
 
 
@@ -247,6 +252,7 @@ def export_run(
     atol: float = DEFAULT_ATOL,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     force: bool = False,
+    diagnose: bool = False,
 ) -> ExportResult:
     """Export a run's best weights to RUN/artifacts/model.onnx, gated on parity over `images` images
     of its own data (`data` overrides the dataset the run trained on). Raises ParityError, after
@@ -268,7 +274,7 @@ def export_run(
     weights_sha256 = json.loads((run.path / MODEL_FILE).read_text())["weights"]["sha256"]
     onnx_bytes, result = export_model(
         model, spec, inputs, opset=opset, fold=fold, atol=atol, min_agreement=min_agreement, run_name=run.name,
-        weights_sha256=weights_sha256,
+        weights_sha256=weights_sha256, diagnose=diagnose,
     )
     record = {"kind": "export", "data": source, "split": sample.imageset.name, "skipped_files": sample.skipped}
     if not result.parity.passed:
@@ -280,7 +286,8 @@ def export_run(
         raise ParityError(
             f"the exported model does not compute what {run.name}'s weights do on {p.images} images: largest logit "
             f"difference {p.max_abs_logit_diff:.3g} (allowed {p.atol:g}), top-1 agreement {p.top1_agreement:.2%} "
-            f"(required {p.min_agreement:.2%}); kept as {rejected} for inspection, nothing written as {target.name}",
+            f"(required {p.min_agreement:.2%}); {result.divergence.describe()}; kept as {rejected} for inspection, "
+            f"nothing written as {target.name}",
             p,
         )
     atomic_write_bytes(target, onnx_bytes)
