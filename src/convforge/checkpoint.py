@@ -88,8 +88,9 @@ class ModelSpec:
         return dataclasses.replace(self, shapes=tensor_shapes(model))
 
 
-def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
-    return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+def tensor_shapes(state: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """Each tensor's shape in a state dict, as model.json records it."""
+    return {name: list(tensor.shape) for name, tensor in state.items()}
 
 
 def check_self_contained_kwargs(kwargs: dict[str, Any], source: str) -> None:
@@ -125,7 +126,7 @@ def save_model(
     state = model.state_dict()
     description = {
         "format": FORMAT,
-        **spec.with_shapes_of(model).to_dict(),
+        **dataclasses.replace(spec, shapes=tensor_shapes(state)).to_dict(),
         "parameters": count_params(model),
         **(extra or {}),
     }

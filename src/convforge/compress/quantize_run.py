@@ -8,17 +8,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from convforge.checkpoint import read_model_spec
 from convforge.compress.quantize import METHODS, Attempt, calibration_batches, check_method, prepare, search
 from convforge.data.sample import align_classes, read_pixels, stratified_positions
 from convforge.data.spec import load_dataset
 from convforge.deploy.backends import OnnxModule
-from convforge.deploy.onnx_file import open_session, read_onnx, set_metadata
+from convforge.deploy.bench import BenchSource, bench
+from convforge.deploy.onnx_file import onnx_metadata, open_session, set_metadata
 from convforge.errors import ConfigError, DatasetError, RunFolderError, UserError
 from convforge.files import atomic_write_bytes
-from convforge.measure.latency import time_calls
 from convforge.runs import INT8_ONNX_FILE, ONNX_FILE, Run
 from convforge.train.evaluate import evaluate
 
@@ -80,7 +79,7 @@ def quantize_run(
         raise UserError(f"{target} exists already; --force replaces it")
     spec = read_model_spec(run.path)
     fp32_bytes = source.read_bytes()
-    read_onnx(source)  # a damaged file fails here with a clear message
+    fp32_metadata = onnx_metadata(source)  # and a damaged file fails here with a clear message
 
     dataset = load_dataset(data, strict=strict, channels=spec.in_chans)
     if "train" not in dataset.splits:
@@ -101,7 +100,7 @@ def quantize_run(
     found = search(prepare(fp32_bytes), batches, lambda b: evaluated(b).top1, method=method, max_drop=max_drop,
                    fp32_top1=fp32.top1, op_types=op_types)  # fmt: skip
     int8 = evaluated(found.model_bytes)
-    int8_bytes = _with_metadata(found.model_bytes, source)
+    int8_bytes = _with_metadata(found.model_bytes, fp32_metadata)
     atomic_write_bytes(target, int8_bytes)
 
     result = QuantizeResult(
@@ -110,23 +109,22 @@ def quantize_run(
         agreement=float(np.mean(fp32.predictions == int8.predictions)), max_drop=max_drop,
         within_budget=found.within_budget, test_images=int8.images, attempts=found.attempts,
     )  # fmt: skip
-    for name, model_bytes in (("ort", fp32_bytes), ("ort-int8", int8_bytes)):
-        module = OnnxModule(open_session(model_bytes, threads))
-        for batch in (1, 64):
-            images = torch.randn(batch, spec.in_chans, *spec.preprocessing.input_size)
-            latency = time_calls(lambda m=module, x=images: m(x), batch=batch, budget_seconds=latency_seconds)
-            result.latency_ms.setdefault(name, {})[batch] = latency.p50_ms
-            result.images_per_second.setdefault(name, {})[batch] = latency.images_per_second
+    # the same timing as `convforge bench`, on the two files now in the run
+    timing = bench(BenchSource(run.name, (spec.in_chans, *spec.preprocessing.input_size), onnx=str(source),
+                               int8=str(target)), ["ort", "ort-int8"], [1, 64], threads=threads,
+                   budget_seconds=latency_seconds)  # fmt: skip
+    for row in timing.rows:
+        result.latency_ms.setdefault(row.backend, {})[row.batch] = row.latency.p50_ms
+        result.images_per_second.setdefault(row.backend, {})[row.batch] = row.latency.images_per_second
     run.append_metrics({"kind": "quantize", "data": data, "split": test.name, "methods_available": list(METHODS),
                         "skipped_files": len(dataset.skipped) + unreadable, **result.to_dict()})  # fmt: skip
     return result
 
 
-def _with_metadata(int8_bytes: bytes, fp32_path) -> bytes:
+def _with_metadata(int8_bytes: bytes, fp32_metadata: dict[str, str]) -> bytes:
     """The INT8 model carries the fp32 file's metadata (classes, preprocessing, lineage) and says it is INT8."""
     import onnx
 
     model = onnx.load_from_string(int8_bytes)
-    metadata = {entry.key: entry.value for entry in read_onnx(fp32_path).metadata_props}
-    set_metadata(model, {**metadata, "quantization": "int8 static QDQ (onnxruntime)"})
+    set_metadata(model, {**fp32_metadata, "quantization": "int8 static QDQ (onnxruntime)"})
     return model.SerializeToString()

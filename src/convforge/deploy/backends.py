@@ -42,7 +42,6 @@ class Backend:
     name: str
     run: Callable[[torch.Tensor], np.ndarray]  # normalised NCHW float32 -> logits
     file: str | None = None  # the file it runs, for the size column
-    threads: int | None = None
 
     @property
     def file_size(self) -> int | None:
@@ -61,9 +60,9 @@ def parse_backends(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def torch_backend(model: nn.Module, *, bf16: bool = False, threads: int | None = None,
-                  file: str | None = None) -> Backend:  # fmt: skip
-    """`model` (eval mode, on its own device) as a backend; with `bf16`, under bfloat16 autocast."""
+def torch_backend(model: nn.Module, *, bf16: bool = False, file: str | None = None) -> Backend:
+    """`model` (eval mode, on its own device) as a backend; with `bf16`, under bfloat16 autocast. Its
+    thread count is torch's, which the caller sets (`measure.cost.torch_threads`)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if bf16 and device.type == "cpu" and not cpu_has_fast_bf16():
         raise BackendUnavailable("this CPU has no bf16 instructions (avx512_bf16 or AMX); bf16 would only be emulated")
@@ -74,7 +73,7 @@ def torch_backend(model: nn.Module, *, bf16: bool = False, threads: int | None =
         with torch.no_grad(), autocast:
             return model(images.to(device)).float().cpu().numpy()
 
-    return Backend("torch-bf16" if bf16 else "torch", run, file, threads)
+    return Backend("torch-bf16" if bf16 else "torch", run, file)
 
 
 class OnnxModule(nn.Module):
@@ -102,7 +101,7 @@ def ort_backend(path: str | os.PathLike, *, name: str = "ort", threads: int | No
         command = "convforge quantize RUN DATA" if name == "ort-int8" else "convforge export RUN"
         raise BackendUnavailable(f"no {path.name} yet; make it with `{command}`")
     module = OnnxModule(open_session(path, threads, device))
-    return Backend(name, lambda images: module(images).numpy(), str(path), threads)
+    return Backend(name, lambda images: module(images).numpy(), str(path))
 
 
 def open_model(

@@ -19,10 +19,8 @@ import torch
 from convforge.checkpoint import ModelSpec
 from convforge.deploy.backends import Backend, BackendUnavailable, ort_backend, torch_backend
 from convforge.errors import UserError
-from convforge.measure.cost import torch_threads
-from convforge.measure.counting import count_macs, count_params
+from convforge.measure.cost import footprint, torch_threads
 from convforge.measure.latency import Latency, time_calls
-from convforge.measure.memory import peak_activation_bytes
 from convforge.runs import INT8_ONNX_FILE, ONNX_FILE, RUN_FILE, WEIGHTS_FILE, Run
 
 
@@ -73,12 +71,10 @@ def open_source(source: str | os.PathLike, *, input_size: int | None = None) -> 
     """A run folder, an `.onnx` file or a model name (`input_size` overrides the side length)."""
     path = Path(source)
     if path.suffix == ".onnx":
-        from convforge.deploy.onnx_file import spec_from_onnx
+        from convforge.deploy.onnx_file import onnx_input_size
 
-        size = (input_size, input_size) if input_size else None
-        spec = spec_from_onnx(path, input_size=size, classes=["?"], mean=(0.0,), std=(1.0,))
-        name = "ort-int8" if path.name.endswith(".int8.onnx") else "ort"
-        return BenchSource(path.name, _size(spec, input_size), **{"int8" if name == "ort-int8" else "onnx": str(path)})
+        kind = "int8" if path.name.endswith(".int8.onnx") else "onnx"
+        return BenchSource(path.name, onnx_input_size(path, input_size), **{kind: str(path)})
     if (path / RUN_FILE).is_file():
         from convforge.checkpoint import load_model
 
@@ -108,7 +104,7 @@ def make_backend(source: BenchSource, name: str, threads: int | None) -> Backend
     if name in ("torch", "torch-bf16"):
         if source.model is None:
             raise BackendUnavailable("an ONNX file has no PyTorch model; bench the run folder for torch")
-        return torch_backend(source.model, bf16=name == "torch-bf16", threads=threads, file=source.weights_file)
+        return torch_backend(source.model, bf16=name == "torch-bf16", file=source.weights_file)
     path = source.int8 if name == "ort-int8" else source.onnx
     if path is None:
         kind = "an INT8" if name == "ort-int8" else "an exported"
@@ -129,9 +125,9 @@ def bench(
     PyTorch model when there is one."""
     with torch_threads(threads) as used:
         model = source.model
-        result = BenchResult(source.name, source.input_size, used,
-                             count_params(model) if model is not None else None,
-                             count_macs(model, source.input_size) if model is not None else None)  # fmt: skip
+        result = BenchResult(source.name, source.input_size, used, None, None)
+        if model is not None:
+            result.params, result.macs, result.peak_activation_bytes = footprint(model, source.input_size, batches)
         opened: dict[str, Backend | str] = {}
         for name in backends:
             try:
@@ -141,8 +137,6 @@ def bench(
         generator = torch.Generator().manual_seed(0)
         for batch in batches:
             images = torch.randn(batch, *source.input_size, generator=generator)
-            if model is not None:
-                result.peak_activation_bytes[batch] = peak_activation_bytes(model, images)
             baseline = None
             for name in backends:
                 backend = opened[name]

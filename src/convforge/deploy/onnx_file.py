@@ -63,7 +63,32 @@ def read_onnx(path: str | os.PathLike) -> Any:
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    return {entry.key: entry.value for entry in read_onnx(path).metadata_props}
+    return _metadata(read_onnx(path))
+
+
+def _metadata(proto: Any) -> dict[str, str]:
+    return {entry.key: entry.value for entry in proto.metadata_props}
+
+
+def _input_dims(proto: Any) -> list[int | None]:
+    """The first input's dimensions, None where symbolic (the batch axis)."""
+    return [d.dim_value or None for d in proto.graph.input[0].type.tensor_type.shape.dim]
+
+
+def onnx_input_size(path: str | os.PathLike, side: int | None = None) -> tuple[int, int, int]:
+    """(channels, height, width) an ONNX file takes: from convforge metadata, else its static input
+    shape; `side` overrides height and width."""
+    proto = read_onnx(path)
+    metadata = _metadata(proto)
+    if "convforge" in metadata:
+        spec = ModelSpec.from_dict(json.loads(metadata["convforge"]))
+        channels, (height, width) = spec.in_chans, spec.preprocessing.input_size
+    else:
+        dims = _input_dims(proto)
+        if len(dims) != 4 or not dims[1] or (side is None and not all(dims[2:4])):
+            raise UserError(f"{path} has no fixed input size and no convforge metadata; give --size")
+        channels, height, width = dims[1], dims[2], dims[3]
+    return (channels, side, side) if side else (channels, height, width)
 
 
 def spec_from_onnx(
@@ -76,11 +101,11 @@ def spec_from_onnx(
 ) -> ModelSpec:
     """The model description an ONNX file carries; for a file without convforge metadata, the
     caller's `classes`, `mean`, `std` (and `input_size`, else the file's static input shape)."""
-    metadata = onnx_metadata(path)
+    proto = read_onnx(path)
+    metadata = _metadata(proto)
     if "convforge" in metadata:
         return ModelSpec.from_dict(json.loads(metadata["convforge"]))
-    proto_input = read_onnx(path).graph.input[0].type.tensor_type.shape.dim
-    dims = [d.dim_value or None for d in proto_input]
+    dims = _input_dims(proto)
     missing = [name for name, value in (("--classes", classes), ("--mean", mean), ("--std", std)) if value is None]
     static_size = tuple(dims[2:4]) if len(dims) == 4 and all(dims[2:4]) else None
     if input_size is None and static_size is None:

@@ -75,6 +75,14 @@ def measure_latency(
                           budget_seconds=budget_seconds, device=device)  # fmt: skip
 
 
+def footprint(model: nn.Module, input_size: tuple[int, int, int], batches: tuple[int, ...] | list[int]
+              ) -> tuple[int, int, dict[int, int]]:  # fmt: skip
+    """Parameters, MACs of one image, and peak activation bytes at each batch size (no timing)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    peaks = {batch: peak_activation_bytes(model, torch.zeros(batch, *input_size, device=device)) for batch in batches}
+    return count_params(model), count_macs(model, input_size), peaks
+
+
 def measure_model(
     model: nn.Module,
     input_size: tuple[int, int, int],
@@ -88,10 +96,9 @@ def measure_model(
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch_threads(threads) as used:
-        cost = ModelCost(count_params(model), count_macs(model, input_size), tuple(input_size), used, str(device),
-                         str(dtype or torch.float32).replace("torch.", ""))  # fmt: skip
+        params, macs, peaks = footprint(model, input_size, batches)
+        cost = ModelCost(params, macs, tuple(input_size), used, str(device),
+                         str(dtype or torch.float32).replace("torch.", ""), peak_activation_bytes=peaks)  # fmt: skip
         for batch in batches:
-            zeros = torch.zeros(batch, *input_size, device=device)
-            cost.peak_activation_bytes[batch] = peak_activation_bytes(model, zeros)
             cost.latency.append(measure_latency(model, input_size, batch, dtype=dtype, budget_seconds=budget_seconds))
     return cost

@@ -12,8 +12,6 @@ GPU the allocator's own peak (`torch.cuda.max_memory_allocated`) is used.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -58,20 +56,18 @@ class _LiveBytes(TorchDispatchMode):
             del self.live[address]
 
 
-def peak_activation_bytes(model: nn.Module, inputs: torch.Tensor, call: Callable[[], Any] | None = None) -> int:
-    """Peak bytes held by the tensors one forward pass (`call`, default `model(inputs)` under no_grad)
-    creates."""
-    call = call or (lambda: model(inputs))
+def peak_activation_bytes(model: nn.Module, inputs: torch.Tensor) -> int:
+    """Peak bytes held by the tensors that `model(inputs)` (under no_grad) creates."""
     if inputs.device.type == "cuda":
         torch.cuda.synchronize(inputs.device)
         before = torch.cuda.memory_allocated(inputs.device)
         torch.cuda.reset_peak_memory_stats(inputs.device)
         with torch.no_grad():
-            call()
+            model(inputs)
         torch.cuda.synchronize(inputs.device)
         return int(torch.cuda.max_memory_allocated(inputs.device) - before)
     ignored = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers(), inputs)}
     with torch.no_grad(), _LiveBytes(ignored) as tracker:
-        result = call()
+        result = model(inputs)
         del result
     return tracker.peak

@@ -15,6 +15,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
+from convforge.checkpoint import tensor_shapes
 from convforge.data import Dataset, absolute_spec, load_dataset
 from convforge.data.spec import mirror_invariant
 from convforge.data.transforms import AugmentConfig, Preprocessing
@@ -78,7 +79,8 @@ def _check_given_model(model: nn.Module, config: TrainConfig, data: Dataset) -> 
             f"the given model predicts {classes} classes but {config.data} has {data.num_classes}; give it a new "
             f"classifier first (timm: model.reset_classifier({data.num_classes}))"
         )
-    shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    state = model.state_dict()
+    shapes = tensor_shapes(state)
     first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
     channels = shapes.get(f"{first_conv}.weight", [0, data.channels])[1]
     if channels != data.channels:
@@ -86,7 +88,7 @@ def _check_given_model(model: nn.Module, config: TrainConfig, data: Dataset) -> 
     reference = create_model(config.model, num_classes=data.num_classes, in_chans=data.channels, **config.model_kwargs)
     try:
         resize_to_shapes(reference, shapes, config.model)
-        check_state_dict_fits(reference, model.state_dict(), "the given model")
+        check_state_dict_fits(reference, state, "the given model")
     except CheckpointError as exc:
         raise UserError(f"{exc}: it is not a {config.model} (set the config's model to its architecture)") from None
     return model
