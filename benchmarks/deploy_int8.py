@@ -2,12 +2,15 @@
 the accuracy check), then one latency table of PyTorch eager fp32 and bf16, ONNX Runtime fp32 and
 ONNX Runtime INT8 at batch 1 and 64 on the same machine, the same threads and the same input.
 
-    python benchmarks/deploy_int8.py RUN DATA [--calibration 512] [--threads 2] [--seconds 3]
+    python benchmarks/deploy_int8.py RUN DATA [--calibration 512] [--threads 2] [--seconds 3] [--robust 1000]
 
 RUN is a run folder trained by convforge (its model.onnx and model.int8.onnx are replaced), DATA the
 dataset to calibrate on and evaluate (its train and test splits). ONNX Runtime chooses its INT8
 kernels from the CPU itself: ONEDNN_MAX_CPU_ISA does not hold it to AVX2, so an AVX2-only figure needs
-an AVX2-only machine. Writes benchmarks/out/deploy_int8-<run>.json.
+an AVX2-only machine. With --robust N, the PyTorch, ONNX fp32 and INT8 models are then stressed side by
+side on N test images (FGSM and PGD crafted on PyTorch and transferred to the ONNX models, and every
+corruption family at severities 1-5), written into the run as `convforge robust --backend` does. Writes
+benchmarks/out/deploy_int8-<run>.json.
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ import argparse
 import json
 from pathlib import Path
 
+from convforge.checkpoint import load_model
 from convforge.compress.quantize_run import quantize_run
+from convforge.deploy.backends import run_backend
 from convforge.deploy.bench import bench, open_source
 from convforge.deploy.export import export_run
-from convforge.runs import describe_hardware, hardware_fingerprint
+from convforge.report.compare import comparison
+from convforge.robust.card import robustness_cards, write_card
+from convforge.robust.corruptions import resolve_families
+from convforge.runs import Run, describe_hardware, hardware_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["torch", "torch-bf16", "ort", "ort-int8"]
@@ -33,6 +41,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--robust", type=int, default=0, help="test images for the robustness comparison")
     args = parser.parse_args()
 
     exported = export_run(args.run, data=args.data, images=512, force=True)
@@ -56,10 +65,31 @@ def main() -> None:
         ratio = ort[row.batch].p50_ms / row.latency.p50_ms if row.batch in ort else float("nan")
         print(f"| {row.backend} | {row.batch} | {row.latency.p50_ms:.2f} | {row.latency.p99_ms:.2f} | "
               f"{row.latency.images_per_second:.0f} | {ratio:.2f}x |")  # fmt: skip
+    cards = robustness(args.run, args.data, args.robust) if args.robust else {}
     out = ROOT / "benchmarks" / "out" / f"deploy_int8-{Path(args.run).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"hardware": hardware, "export": exported.to_dict(), "quantize": quantized.to_dict(),
-                               "bench": result.to_dict()}, indent=2, default=str))  # fmt: skip
+                               "bench": result.to_dict(), "robust": cards}, indent=2, default=str))  # fmt: skip
+
+
+def robustness(run_path: str, data: str, images: int) -> dict:
+    """torch, ort and ort-int8 on the same corrupted and adversarial images; prints the comparison."""
+    run = Run.open(run_path)
+    model, spec = load_model(run.path)
+    models = {name: run_backend(run, model, name) for name in ("torch", "ort", "ort-int8")}
+    cards = robustness_cards(models, spec, data, images=images, attacks=["fgsm", "pgd"],
+                             epsilons=[1 / 255, 2 / 255, 4 / 255, 8 / 255], families=resolve_families("all"),
+                             severities=[1, 2, 3, 4, 5])  # fmt: skip
+    records = {name: card.to_dict() for name, card in cards.items()}
+    for card in cards.values():
+        write_card(run, card)
+    print(f"| measure ({images} test images) | torch | ORT fp32 | ORT INT8 | INT8 - torch (points) |")
+    print("|---|---:|---:|---:|---:|")
+    for row in comparison(records):
+        torch_, ort, int8 = (row["values"][name] for name in models)
+        print(f"| {row['measure']} | {100 * torch_:.2f}% | {100 * ort:.2f}% | {100 * int8:.2f}% | "
+              f"{100 * (int8 - torch_):+.2f} |")  # fmt: skip
+    return records
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ ROBUST_DIR = "robust"  # `convforge robust` curves and table
 ONNX_FILE = "model.onnx"  # `convforge export`: the deployed model, checked against the weights
 INT8_ONNX_FILE = "model.int8.onnx"  # `convforge quantize`
 REJECTED_SUFFIX = ".rejected"  # an export that failed its parity gate, kept for inspection
+TORCH_MODEL = "torch"  # a run's own PyTorch model, in records that compare its forms (robust, bench backends)
 ROBUST_FILES = {"attacks": "attacks.png", "corruptions": "corruptions.png", "table": "robustness.md"}
 
 

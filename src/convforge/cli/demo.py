@@ -7,7 +7,14 @@ from typing import Annotated
 import typer
 
 from convforge.cli.common import Output, QuietOption, percent, user_errors
-from convforge.cli.tables import bench_table, comparison_table, eval_table, export_table, print_card
+from convforge.cli.tables import (
+    bench_table,
+    comparison_table,
+    eval_table,
+    export_table,
+    print_card,
+    robust_comparison_table,
+)
 
 # A narrow ResNet-10 (timm's resnet10t with fewer channels, ~0.5M parameters) on 48-px shapes. The demo
 # must finish in 3 minutes on the slowest CPU we meet (2-core AVX2, fp32) and reach 97%+ whatever the
@@ -32,6 +39,7 @@ DEMO_ROBUST_IMAGES = 256
 DEMO_ATTACK_EPS = [2 / 255, 8 / 255]
 DEMO_CORRUPTIONS = ["gaussian_noise", "motion_blur", "contrast", "jpeg_compression"]
 DEMO_SEVERITIES = [1, 3, 5]
+DEMO_ROBUST_BACKENDS = ["torch", "ort-int8"]  # does INT8 change how the model fails?
 # Deployment: export checked on 256 held-out shapes, INT8 calibrated on 256 training shapes, and a
 # short latency table (half a second per backend and batch size).
 DEMO_PARITY_IMAGES = 256
@@ -57,13 +65,14 @@ def demo_command(
     output = Output(quiet)
     from convforge.checkpoint import load_model
     from convforge.compress.quantize_run import quantize_run
+    from convforge.deploy.backends import run_backend
     from convforge.deploy.bench import bench, open_source, record_bench
     from convforge.deploy.export import export_run
     from convforge.device import resolve_device
     from convforge.explain.artifacts import explain_into_run
     from convforge.explain.inputs import dataset_inputs
     from convforge.report import build_report
-    from convforge.robust.card import robustness_card, write_card
+    from convforge.robust.card import robustness_cards, write_card
     from convforge.runs import Run, next_run_dir
     from convforge.train.config import TrainConfig
     from convforge.train.engine import train
@@ -105,13 +114,6 @@ def demo_command(
         layer=DEMO_EXPLAIN_LAYER,
     )
     output.table(comparison_table(comparison, f"explanations: {comparison.images} held-out shapes"))
-    output.message("stressing it with an attack and common corruptions ...")
-    card = robustness_card(
-        model, spec, DEMO_DATA, images=DEMO_ROBUST_IMAGES, attacks=["pgd"], epsilons=DEMO_ATTACK_EPS,
-        families=DEMO_CORRUPTIONS, severities=DEMO_SEVERITIES,
-    )  # fmt: skip
-    write_card(Run.open(out), card)
-    print_card(output, card)
     output.message("exporting it to ONNX (checked against PyTorch), quantizing it to INT8 and timing both ...")
     exported = export_run(out, images=DEMO_PARITY_IMAGES)
     output.table(export_table(exported.parity.to_dict(), title=f"{out / exported.path}: parity with PyTorch"))
@@ -124,6 +126,17 @@ def demo_command(
     timings = bench(open_source(out), DEMO_BACKENDS, [1, 64], budget_seconds=DEMO_BENCH_SECONDS)
     record_bench(Run.open(out), timings)
     output.table(bench_table(timings.to_dict(), title="latency: PyTorch, ONNX Runtime fp32 and INT8"))
+    output.message("stressing PyTorch and INT8 with an attack (crafted on PyTorch) and common corruptions ...")
+    run = Run.open(out)
+    cards = robustness_cards(
+        {name: run_backend(run, model, name) for name in DEMO_ROBUST_BACKENDS}, spec, DEMO_DATA,
+        images=DEMO_ROBUST_IMAGES, attacks=["pgd"], epsilons=DEMO_ATTACK_EPS, families=DEMO_CORRUPTIONS,
+        severities=DEMO_SEVERITIES,
+    )  # fmt: skip
+    for card in cards.values():
+        write_card(run, card)
+    print_card(output, cards["torch"])
+    output.table(robust_comparison_table({name: card.to_dict() for name, card in cards.items()}))
     report = build_report(out)
     elapsed = time.perf_counter() - started
     top1 = percent(result.test.top1) if result.test else "-"
@@ -131,6 +144,7 @@ def demo_command(
         (f"convforge predict {out} path/to/image.png", "classify your own images"),
         (f"convforge explain {out} path/to/image.png", "see what it looks at"),
         (f"convforge robust {out} {DEMO_DATA} --bias", "how it fails: attacks, corruptions"),
+        (f"convforge robust {out} {DEMO_DATA} --backend torch,ort,ort-int8", "did export or INT8 change that?"),
         (f"convforge eval {out} {DEMO_DATA}", "evaluate again (or on other data)"),
         (f"convforge bench {out} --batch 1,8,64", "latency per backend and batch size"),
         ("convforge train path/to/your/folder --model resnet18", "train on your own labelled images"),

@@ -65,8 +65,11 @@ def comparison_table(comparison: "MethodComparison", title: str) -> Table:
     return table
 
 
-def attack_table(card: "RobustnessCard") -> Table:
-    table = Table(title=f"accuracy under attack ({card.images} images, clean {percent(card.clean_accuracy)})")
+def attack_table(card: "RobustnessCard", title: str = "") -> Table:
+    transfer = f", transferred from {card.attacks_crafted_on}" if card.attacks_crafted_on else ""
+    table = Table(
+        title=f"{title}accuracy under attack ({card.images} images, clean {percent(card.clean_accuracy)}{transfer})"
+    )
     for column in ("attack", "eps", "steps", "robust accuracy", "seconds"):
         table.add_column(column, justify="left" if column == "attack" else "right")
     for row in card.attacks:
@@ -76,11 +79,11 @@ def attack_table(card: "RobustnessCard") -> Table:
     return table
 
 
-def corruption_table(card: "RobustnessCard") -> Table:
+def corruption_table(card: "RobustnessCard", title: str = "") -> Table:
     corruptions = card.corruptions
     severities = sorted({s for v in corruptions.accuracy.values() for s in v})
     clean = percent(card.clean_accuracy)
-    table = Table(title=f"accuracy under corruption (preset {corruptions.preset}, clean {clean})")
+    table = Table(title=f"{title}accuracy under corruption (preset {corruptions.preset}, clean {clean})")
     table.add_column("family", no_wrap=True)
     for s in severities:
         table.add_column(f"s{s}", justify="right")
@@ -98,11 +101,11 @@ def corruption_table(card: "RobustnessCard") -> Table:
     return table
 
 
-def print_card(output: Output, card: "RobustnessCard") -> None:
+def print_card(output: Output, card: "RobustnessCard", title: str = "") -> None:
     if card.attacks:
-        output.table(attack_table(card))
+        output.table(attack_table(card, title))
     if card.corruptions:
-        output.table(corruption_table(card))
+        output.table(corruption_table(card, title))
     if card.corruption_errors:
         errors = card.corruption_errors
         relative = "" if errors.relative_mce is None else f", relative mCE {100 * errors.relative_mce:.1f}%"
@@ -114,6 +117,27 @@ def print_card(output: Output, card: "RobustnessCard") -> None:
             f"shape bias {value} on {bias.images} cue-conflict images ({bias.shape_decisions} by shape, "
             f"{bias.texture_decisions} by texture, {bias.other_decisions} neither)"
         )
+
+
+def robust_comparison_table(cards: dict[str, dict]) -> Table:
+    """Several models' robustness side by side (`robust.card.comparison`), with each model's change
+    against the first one in points."""
+    from convforge.report.compare import comparison
+
+    names = list(cards)
+    table = Table(title=f"robustness side by side ({next(iter(cards.values()))['images']} images)")
+    table.add_column("measure")
+    for index, name in enumerate(names):
+        table.add_column(name if index == 0 else f"{name} (Δ points)", justify="right")
+    for row in comparison(cards):
+        first = row["values"][names[0]]
+        cells = [percent(first)]
+        for name in names[1:]:
+            value = row["values"][name]
+            change = "" if value is None or first is None else f" ({100 * (value - first):+.1f})"
+            cells.append(percent(value) + change)
+        table.add_row(row["measure"], *cells)
+    return table
 
 
 def export_table(parity: dict, title: str) -> Table:

@@ -28,7 +28,7 @@ from torch import nn
 from convforge.checkpoint import ModelSpec
 from convforge.device import cpu_has_fast_bf16
 from convforge.errors import ConfigError, did_you_mean
-from convforge.runs import ARTIFACTS_DIR, RUN_FILE, Run
+from convforge.runs import ARTIFACTS_DIR, INT8_ONNX_FILE, ONNX_FILE, RUN_FILE, Run
 
 BACKENDS = ("torch", "torch-bf16", "ort", "ort-int8")
 
@@ -79,7 +79,7 @@ def torch_backend(model: nn.Module, *, bf16: bool = False, file: str | None = No
 class OnnxModule(nn.Module):
     """An ONNX Runtime session behind `nn.Module`'s call, so code written for PyTorch models
     (evaluation, attacks' targets, corruption studies) runs an exported file unchanged. Inference only:
-    no parameters, no gradients; outputs are CPU float32 tensors."""
+    no parameters, no gradients; float32 outputs on the device the images came from."""
 
     def __init__(self, session: Any):
         super().__init__()
@@ -88,7 +88,7 @@ class OnnxModule(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         array = images.detach().float().cpu().contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0]).to(images.device)
 
 
 def ort_backend(path: str | os.PathLike, *, name: str = "ort", threads: int | None = None,
@@ -102,6 +102,34 @@ def ort_backend(path: str | os.PathLike, *, name: str = "ort", threads: int | No
         raise BackendUnavailable(f"no {path.name} yet; make it with `{command}`")
     module = OnnxModule(open_session(path, threads, device))
     return Backend(name, lambda images: module(images).numpy(), str(path))
+
+
+class BackendModule(nn.Module):
+    """A backend behind `nn.Module`'s call (images in, logits tensor out on the images' device), so a
+    study written for PyTorch models (robustness) can score a run's exported or bf16 forms too."""
+
+    def __init__(self, backend: Backend):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.backend.run(images)).to(images.device)
+
+
+def run_backend(run: Run, model: nn.Module, name: str, *, threads: int | None = None) -> nn.Module:
+    """One of a run's backends as a module: `model` itself for torch, else `model` under bf16 autocast or
+    the run's exported file in ONNX Runtime (`BackendUnavailable` when that file does not exist yet)."""
+    if name == "torch":
+        return model
+    if name == "torch-bf16":
+        return BackendModule(torch_backend(model, bf16=True))
+    file = run.artifact(INT8_ONNX_FILE if name == "ort-int8" else ONNX_FILE)
+    return BackendModule(ort_backend(file, name=name, threads=threads))
+
+
+def file_backend(path: str | os.PathLike) -> str:
+    """The backend name of a run's exported file (ort, ort-int8), else the file's name."""
+    return {ONNX_FILE: "ort", INT8_ONNX_FILE: "ort-int8"}.get(Path(path).name, Path(path).name)
 
 
 def open_model(

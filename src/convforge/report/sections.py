@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from convforge.report import plots
-from convforge.runs import MODEL_FILE, Run
+from convforge.report.compare import comparison, latest_by_model
+from convforge.runs import MODEL_FILE, TORCH_MODEL, Run
 
 
 @dataclass(frozen=True)
@@ -227,10 +228,10 @@ def explanations(run: Run) -> dict[str, Any] | None:
 
 @section("robustness", "Robustness", order=60)
 def robustness(run: Run) -> dict[str, Any] | None:
-    records = run.metrics("robust")
-    if not records:
+    """The PyTorch model's latest card (exported models' cards are compared under Deployment)."""
+    latest = latest_by_model(run.metrics("robust")).get(TORCH_MODEL)
+    if latest is None:
         return None
-    latest = records[-1]
     charts = {}
     for name, relative in (latest.get("files") or {}).items():
         path = run.path / relative
@@ -255,7 +256,9 @@ def deployment(run: Run) -> dict[str, Any] | None:
     """The latest export (parity), quantization (fp32 against INT8) and bench (backend x batch), and
     accuracy against throughput for each backend that has both."""
     export, quantize, bench = (next(iter(run.metrics(kind)[-1:]), None) for kind in ("export", "quantize", "bench"))
-    if not (export or quantize or bench):
+    cards = latest_by_model(run.metrics("robust"))
+    robust = comparison(cards) if len(cards) > 1 else []
+    if not (export or quantize or bench or robust):
         return None
     accuracy = {"torch": (run.info.get("test") or {}).get("top1")}
     if quantize:
@@ -266,4 +269,4 @@ def deployment(run: Run) -> dict[str, Any] | None:
               if row["batch"] == largest and accuracy.get(row["backend"]) is not None]  # fmt: skip
     chart = plots.scatter_chart(points, f"images per second at batch {largest}", "top-1") if len(points) > 1 else None
     return {"export": export, "quantize": quantize, "bench": bench, "rows": (bench or {}).get("rows", []),
-            "chart": chart}  # fmt: skip
+            "chart": chart, "robust": robust, "robust_cards": cards if robust else {}}  # fmt: skip

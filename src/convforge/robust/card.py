@@ -2,12 +2,15 @@
 a baseline run, shape bias; and its files in a run folder (curves, a markdown table, a metrics record
 that the report's "Robustness" section reads)."""
 
+import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
+from torch import nn
 
 from convforge.checkpoint import ModelSpec
 from convforge.data.sample import sample_split
@@ -17,6 +20,7 @@ from convforge.data.transforms import pixel_transform
 from convforge.errors import ConfigError, RunFolderError
 from convforge.files import atomic_write_bytes
 from convforge.models.prepared import model_prepared
+from convforge.report.compare import record_model
 from convforge.report.plots import figure_to_png
 from convforge.robust.attacks import PixelSpaceModel
 from convforge.robust.bias import ShapeBias, cue_conflict_set, shape_bias
@@ -30,7 +34,7 @@ from convforge.robust.evaluate import (
     evaluate_corruptions,
     predictions,
 )
-from convforge.runs import ROBUST_DIR, ROBUST_FILES, Run
+from convforge.runs import ROBUST_DIR, ROBUST_FILES, TORCH_MODEL, Run
 
 
 @dataclass
@@ -46,9 +50,13 @@ class RobustnessCard:
     corruption_errors: CorruptionErrors | None = None
     bias: ShapeBias | None = None
     skipped_files: int = 0
+    model: str = TORCH_MODEL  # which of a run's models: torch, ort, ort-int8 (or an .onnx file's name)
+    attacks_crafted_on: str | None = None  # the model the attacks' gradients came from, when not this one
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "model": self.model,
+            "attacks_crafted_on": self.attacks_crafted_on,
             "data": self.data,
             "split": self.split,
             "images": self.images,
@@ -61,11 +69,18 @@ class RobustnessCard:
         }
 
 
-def robustness_card(
-    model: torch.nn.Module,
+def robustness_card(model: nn.Module, spec: ModelSpec, data: str, **options: Any) -> RobustnessCard:
+    """Measure one PyTorch model (the options are `robustness_cards`')."""
+    return robustness_cards({TORCH_MODEL: model}, spec, data, **options)[TORCH_MODEL]
+
+
+def robustness_cards(
+    models: Mapping[str, nn.Module],
     spec: ModelSpec,
     data: str,
     *,
+    attack_source: nn.Module | None = None,
+    attack_source_name: str = TORCH_MODEL,
     split: str | None = "test",
     images: int = 512,
     attacks: list[str] = (),
@@ -81,29 +96,67 @@ def robustness_card(
     seed: int = 0,
     strict: bool = False,
     device: torch.device | None = None,
-) -> RobustnessCard:
-    """Measure `model` on `images` images of `data` under attacks, corruptions and cue conflict."""
-    device = device or next(model.parameters()).device
+) -> dict[str, RobustnessCard]:
+    """Measure every model of `models` (one model in its forms: PyTorch, exported, quantized) on the same
+    `images` images of `data`, under the same attacks, corruptions and cue conflicts.
+
+    Each corrupted batch and each adversarial batch is made once and scored by every model, so the
+    cards differ only by the models. Attacks need gradients: they are crafted on `attack_source`
+    (default: the one model of `models` that has parameters, the PyTorch one) and are transfer attacks
+    for the other models; an ONNX Runtime model has no gradients of its own."""
+    source = attack_source if attack_source is not None else _gradient_model(models, attacks)
+    device = device or next(
+        (p.device for m in [source, *models.values()] if m is not None for p in m.parameters()),
+        torch.device("cpu"),
+    )
     sample = sample_split(data, spec.classes, spec.in_chans, split, images, strict)
     pixels = pixel_transform(torch.from_numpy(sample.pixels).to(device), spec.preprocessing)
     labels = torch.from_numpy(sample.labels).to(device)
-    pixel_model = PixelSpaceModel(model, spec.preprocessing.mean, spec.preprocessing.std)
-    with model_prepared(model):
-        clean = accuracy(pixel_model, pixels, labels, batch_size)
-        card = RobustnessCard(
-            absolute_spec(data), sample.imageset.name, len(labels), clean, skipped_files=sample.skipped
-        )
+    mean, std = spec.preprocessing.mean, spec.preprocessing.std
+    pixel_models = {name: PixelSpaceModel(model, mean, std) for name, model in models.items()}
+    transfer = {name for name, model in models.items() if model is not source}
+    with contextlib.ExitStack() as prepared:
+        for model in {id(m): m for m in [*models.values(), source] if m is not None}.values():
+            prepared.enter_context(model_prepared(model))
+        cards = {
+            name: RobustnessCard(absolute_spec(data), sample.imageset.name, len(labels),
+                                 accuracy(model, pixels, labels, batch_size), skipped_files=sample.skipped, model=name,
+                                 attacks_crafted_on=attack_source_name if attacks and name in transfer else None)
+            for name, model in pixel_models.items()
+        }  # fmt: skip
         if attacks:
-            card.attacks = evaluate_attacks(pixel_model, pixels, labels, list(attacks), [0.0, *epsilons],
-                                            steps=steps, batch_size=batch_size, seed=seed)  # fmt: skip
+            rows = evaluate_attacks(PixelSpaceModel(source, mean, std), pixel_models, pixels, labels, list(attacks),
+                                    [0.0, *epsilons], steps=steps, batch_size=batch_size, seed=seed,
+                                    transfer=transfer)  # fmt: skip
+            for name, card in cards.items():
+                card.attacks = rows[name]
         if families:
-            card.corruptions = evaluate_corruptions(pixel_model, pixels, labels, list(families), list(severities),
-                                                    preset=preset, batch_size=batch_size, seed=seed)  # fmt: skip
-            if baseline is not None:
-                card.corruption_errors = corruption_errors(card.corruptions, baseline, baseline_name)
+            tables = evaluate_corruptions(pixel_models, pixels, labels, list(families), list(severities),
+                                          preset=preset, batch_size=batch_size, seed=seed)  # fmt: skip
+            for name, card in cards.items():
+                card.corruptions = tables[name]
+                if baseline is not None:
+                    card.corruption_errors = corruption_errors(tables[name], baseline, baseline_name)
         if bias_images:
-            card.bias = _shape_bias(pixel_model, spec, bias_images, device)
-    return card
+            for name, card in cards.items():
+                card.bias = _shape_bias(pixel_models[name], spec, bias_images, device)
+    return cards
+
+
+def _gradient_model(models: Mapping[str, nn.Module], attacks: list[str]) -> nn.Module | None:
+    """The model attacks are crafted on when the caller names none: the one with parameters."""
+    with_parameters = [model for model in models.values() if any(True for _ in model.parameters())]
+    if attacks and len(with_parameters) != 1:
+        raise ConfigError(
+            "attacks need a model with gradients to craft the adversarial images on: "
+            + (
+                "none of these models has any (an ONNX model has none); give the run's PyTorch model as the "
+                "attack source, or measure without attacks"
+                if not with_parameters
+                else "several models have them; say which one the attacks are crafted on"
+            )  # fmt: skip
+        )
+    return with_parameters[0] if with_parameters else None
 
 
 def _shape_bias(pixel_model, spec: ModelSpec, count: int, device) -> ShapeBias:
@@ -122,7 +175,7 @@ def latest_corruptions(run_path: Path) -> CorruptionTable:
     """The corruption table of a run's latest `convforge robust` record: the baseline for mCE."""
     run = Run.open(run_path)
     for record in reversed(run.metrics("robust")):
-        if record.get("corruptions"):
+        if record.get("corruptions") and record_model(record) == TORCH_MODEL:
             return CorruptionTable.from_dict(record["corruptions"])
     raise RunFolderError(
         f"{run.path} has no corruption results to compare with; run `convforge robust {run.path} DATA` first"
@@ -130,8 +183,11 @@ def latest_corruptions(run_path: Path) -> CorruptionTable:
 
 
 def write_card(run: Run, card: RobustnessCard) -> dict[str, str]:
-    """Curves, a markdown table and the metrics record; returns the artifact paths (run-relative)."""
+    """Curves, a markdown table and the metrics record; returns the artifact paths (run-relative).
+    The PyTorch model's files go to artifacts/robust/, another model's to artifacts/robust/MODEL/."""
     folder = run.artifacts / ROBUST_DIR
+    if card.model != TORCH_MODEL:
+        folder = folder / card.model
     folder.mkdir(parents=True, exist_ok=True)
     contents = {"table": markdown_table(card).encode()}
     if card.attacks:
@@ -173,8 +229,10 @@ def corruption_figure(table: CorruptionTable) -> plt.Figure:
 
 
 def markdown_table(card: RobustnessCard) -> str:
-    lines = [f"# Robustness: {card.images} images of {card.data} ({card.split})", "",
+    lines = [f"# Robustness of {card.model}: {card.images} images of {card.data} ({card.split})", "",
              f"Clean accuracy: {card.clean_accuracy:.4f}", ""]  # fmt: skip
+    if card.attacks_crafted_on:
+        lines += [f"Attacks crafted on {card.attacks_crafted_on} and scored on {card.model} (transfer).", ""]
     if card.attacks:
         lines += ["| attack | norm | eps | steps | step size | random start | robust accuracy | seconds |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,10 +25,11 @@ class AttackRow:
     images: int
     robust_accuracy: float
     seconds: float
+    transfer: bool = False  # crafted on another model (the run's PyTorch model) than the one scored
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.settings.to_dict(), "images": self.images, "robust_accuracy": self.robust_accuracy,
-                "seconds": self.seconds}  # fmt: skip
+                "seconds": self.seconds, "transfer": self.transfer}  # fmt: skip
 
 
 @dataclass
@@ -113,12 +115,13 @@ def accuracy(model: PixelModel, images: torch.Tensor, labels: torch.Tensor, batc
     correct = 0
     for start in range(0, len(images), batch_size):
         logits = model(images[start : start + batch_size])
-        correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
+        correct += _correct(logits, labels[start : start + batch_size])
     return correct / max(len(images), 1)
 
 
 def evaluate_attacks(
-    model: PixelModel,
+    source: PixelModel,
+    targets: Mapping[str, PixelModel],
     images: torch.Tensor,
     labels: torch.Tensor,
     attacks: list[str],
@@ -128,30 +131,40 @@ def evaluate_attacks(
     restarts: int = 1,
     batch_size: int = 128,
     seed: int = 0,
+    transfer: Collection[str] = (),
     progress=None,
-) -> list[AttackRow]:
-    """Robust accuracy for every attack and epsilon (epsilon 0 is the clean accuracy)."""
-    rows = []
+) -> dict[str, list[AttackRow]]:
+    """Robust accuracy of every target for every attack and epsilon (epsilon 0 is the clean accuracy).
+
+    The adversarial images are crafted once, on `source` (it needs gradients), and every target is
+    scored on the same images: the targets named in `transfer` are other models than the source (an
+    exported or quantized copy, which has no gradients of its own), so their figures are transfer
+    attacks and their rows say so."""
+    rows: dict[str, list[AttackRow]] = {name: [] for name in targets}
     for name in attacks:
         for eps in epsilons:
             settings = attack_settings(name, eps, steps=None if name == "fgsm" else steps, restarts=restarts)
             generator = torch.Generator().manual_seed(seed)
-            started, correct = time.perf_counter(), 0
+            started, correct = time.perf_counter(), dict.fromkeys(targets, 0)
             for start in range(0, len(images), batch_size):
                 batch, batch_labels = images[start : start + batch_size], labels[start : start + batch_size]
-                adversarial = batch if eps == 0 else run_attack(model, batch, batch_labels, settings,
+                adversarial = batch if eps == 0 else run_attack(source, batch, batch_labels, settings,
                                                                 generator=generator)  # fmt: skip
                 with torch.no_grad():
-                    correct += int((model(adversarial).argmax(dim=1) == batch_labels).sum())
+                    for target, model in targets.items():
+                        correct[target] += _correct(model(adversarial), batch_labels)
                 if progress is not None:
                     progress(len(batch))
-            rows.append(AttackRow(settings, len(images), correct / max(len(images), 1), time.perf_counter() - started))
+            seconds = time.perf_counter() - started
+            for target in targets:
+                score = correct[target] / max(len(images), 1)
+                rows[target].append(AttackRow(settings, len(images), score, seconds, target in transfer))
     return rows
 
 
 @torch.no_grad()
 def evaluate_corruptions(
-    model: PixelModel,
+    models: Mapping[str, PixelModel],
     images: torch.Tensor,
     labels: torch.Tensor,
     families: list[str],
@@ -161,27 +174,34 @@ def evaluate_corruptions(
     batch_size: int = 256,
     seed: int = 0,
     progress=None,
-) -> CorruptionTable:
-    """Accuracy on every family at every severity. The corruption noise is seeded per (seed, family,
-    severity, batch), so two models evaluated with the same seed see the same corrupted images."""
+) -> dict[str, CorruptionTable]:
+    """Accuracy of every model on every family at every severity. Each corrupted batch is made once and
+    scored by all models; its noise is seeded per (seed, family, severity, batch), so models evaluated
+    in separate calls with the same seed also see the same corrupted images."""
     started = time.perf_counter()
     preset = resolve_preset(preset, *images.shape[-2:])
-    table: dict[str, dict[int, float]] = {}
+    tables: dict[str, dict[str, dict[int, float]]] = {name: {} for name in models}
     for family in families:
-        table[family] = {}
         for severity in severities:
-            correct = 0
+            correct = dict.fromkeys(models, 0)
             for b, start in enumerate(range(0, len(images), batch_size)):
                 key = np.random.SeedSequence([seed, zlib.crc32(family.encode()), severity, b])
                 generator = torch.Generator().manual_seed(int(key.generate_state(1)[0]))
                 corrupted = corrupt(images[start : start + batch_size], family, severity, preset=preset,
                                     generator=generator)  # fmt: skip
-                correct += int((model(corrupted).argmax(dim=1) == labels[start : start + batch_size]).sum())
+                for name, model in models.items():
+                    correct[name] += _correct(model(corrupted), labels[start : start + batch_size])
                 if progress is not None:
                     progress(len(corrupted))
-            table[family][severity] = correct / max(len(images), 1)
-    clean = accuracy(model, images, labels, batch_size)
-    return CorruptionTable(preset, len(images), clean, table, time.perf_counter() - started)
+            for name in models:
+                tables[name].setdefault(family, {})[severity] = correct[name] / max(len(images), 1)
+    seconds = time.perf_counter() - started
+    return {name: CorruptionTable(preset, len(images), accuracy(model, images, labels, batch_size), tables[name],
+                                  seconds) for name, model in models.items()}  # fmt: skip
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    return int((logits.argmax(dim=1).to(labels.device) == labels).sum())
 
 
 def predictions(model: PixelModel, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
