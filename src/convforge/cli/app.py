@@ -11,10 +11,11 @@ import typer
 
 app = typer.Typer(
     name="convforge",
-    # Only what the commands below do; quantize, compress and serve join as they arrive.
+    # Only what the commands below do; compress joins as it arrives.
     help="Build a convolutional vision model from a zoo of architectures, train it on your images, "
     "evaluate it, explain what it looks at, stress it with attacks and corruptions, export it to ONNX, "
-    "quantize it to INT8 and measure what it costs; one run folder keeps its whole history. "
+    "quantize it to INT8, measure what it costs and serve it over HTTP; one run folder keeps its whole "
+    "history. "
     "Start with `convforge demo`.",
     no_args_is_help=True,
     add_completion=False,
@@ -54,10 +55,11 @@ def _register() -> None:
         quantize,
         report,
         robust,
+        serve,
         train,
     )  # fmt: skip
 
-    for module in (models, train, evaluate, predict, explain, robust, export, quantize, bench, report, demo):
+    for module in (models, train, evaluate, predict, explain, robust, export, quantize, bench, serve, report, demo):
         module.register(app)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,6 +27,26 @@ class Prediction:
         return data
 
 
+def image_tensor(
+    source: str | os.PathLike | bytes, spec: ModelSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+) -> torch.Tensor:
+    """One image file (or its bytes) as the model's input: decoded safely (`ImageDecodeError` when it
+    cannot be), resized and normalised by the run's own preprocessing; shape (1, C, H, W), float32.
+    `convforge predict` and `convforge serve` both go through here, so they see the same pixels."""
+    mode = "RGB" if spec.in_chans == 3 else "L"
+    image = decode_image(source, mode=mode, max_pixels=max_pixels, name=name)
+    return eval_transform(torch.from_numpy(image).unsqueeze(0), spec.preprocessing)
+
+
+def top_classes(logits: torch.Tensor, classes: list[str], top_k: int) -> list[list[tuple[str, float]]]:
+    """The `top_k` most likely classes of each row of logits, with softmax probabilities rounded to
+    six decimals (k is clipped to the number of classes)."""
+    k = max(1, min(top_k, len(classes)))
+    values, indices = logits.float().softmax(dim=1).topk(k, dim=1)
+    return [[(classes[c], round(p, 6)) for c, p in zip(row_indices, row_values, strict=True)]
+            for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True)]  # fmt: skip
+
+
 @torch.no_grad()
 def predict_files(
     model: nn.Module,
@@ -41,34 +62,25 @@ def predict_files(
     """Predict every file in `paths`; files that cannot be decoded get an `error` instead of classes."""
     device = torch.device(device)
     model.eval()
-    mode = "RGB" if spec.in_chans == 3 else "L"
-    k = max(1, min(top_k, spec.num_classes))
     results: list[Prediction | None] = [None] * len(paths)
     pending: list[tuple[int, torch.Tensor]] = []
 
     def flush() -> None:
         if not pending:
             return
-        batch = torch.cat([x for _, x in pending])
+        batch = torch.cat([x for _, x in pending]).to(device)
         with autocast_context(device, amp_dtype):
             logits = model(batch)
-        probabilities = logits.float().softmax(dim=1)
-        values, indices = probabilities.topk(k, dim=1)
-        for (index, _), row_values, row_indices in zip(
-            pending, values.tolist(), indices.tolist(), strict=True
-        ):
-            top = [(spec.classes[c], round(p, 6)) for c, p in zip(row_indices, row_values, strict=True)]
+        for (index, _), top in zip(pending, top_classes(logits, list(spec.classes), top_k), strict=True):
             results[index] = Prediction(paths[index], top)
         pending.clear()
 
     for index, path in enumerate(paths):
         try:
-            image = decode_image(path, mode=mode, max_pixels=max_pixels)
+            pending.append((index, image_tensor(path, spec, max_pixels=max_pixels)))
         except ImageDecodeError as exc:
             results[index] = Prediction(path, None, exc.reason)
             continue
-        tensor = torch.from_numpy(image).unsqueeze(0).to(device)
-        pending.append((index, eval_transform(tensor, spec.preprocessing)))
         if len(pending) >= batch_size:
             flush()
     flush()
