@@ -1,33 +1,23 @@
-"""Servers for the tests: `convforge serve` as a real process, or an app in a uvicorn thread, both on a
-free port of 127.0.0.1, both stopped when the test ends (also when it fails), every wait bounded."""
+"""Servers for the tests: `convforge serve` as a real process (`convforge.deploy.load.serve_process`), or
+an app in a uvicorn thread, both on a free port of 127.0.0.1, both stopped when the test ends (also when
+it fails), every wait bounded; and real image files to send them."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
 
 from convforge.data.shapes import ShapesConfig, render_split
+from convforge.deploy.load import free_port, serve_process, wait_ready
 
-START_SECONDS = 90  # importing torch and warming up on a busy 2-core machine
+__all__ = ["free_port", "png_bytes", "serve_app", "serve_process", "shape_files"]
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def shape_files(folder: Path, count: int, size: int = 32) -> list[Path]:
@@ -46,51 +36,6 @@ def png_bytes(side: int, value: int = 128) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((side, side, 3), value, np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def wait_ready(url: str, alive=lambda: True, seconds: float = START_SECONDS) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and alive():
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"the server at {url} did not become ready within {seconds} s")
-
-
-class ServerProcess:
-    def __init__(self, process: subprocess.Popen, url: str, log: Path):
-        self.process, self.url, self.log = process, url, log
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def terminate(self, timeout: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-
-@contextlib.contextmanager
-def serve_process(source, *args: str, log: Path) -> Iterator[ServerProcess]:
-    """`python -m convforge serve SOURCE --port P ARGS`, ready, then SIGTERM (kill if it hangs)."""
-    port = free_port()
-    command = [sys.executable, "-m", "convforge", "serve", str(source), "--port", str(port), *map(str, args)]
-    with open(log, "w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
-    try:
-        wait_ready(server.url, alive=lambda: process.poll() is None)
-        yield server
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{server.output()}") from None
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,8 @@ class GatedModel:
 def gated(tiny_run):
     _, spec = load_model(tiny_run.run.path)
     model = GatedModel(len(spec.classes))
-    return ServingModel("gated", spec, Backend("gated", model)), model
+    yield ServingModel("gated", spec, Backend("gated", model)), model
+    model.release.set()  # a failed test must not leave the server's inference thread blocked
 
 
 def wait_for_metric(url: str, line: str) -> None:
@@ -57,17 +58,17 @@ def post(url: str, images: int = 1) -> httpx.Response:
 
 def test_a_full_queue_answers_503_with_retry_after_and_the_queued_requests_are_answered(gated):
     serving, model = gated
-    settings = ServeSettings(max_batch=1, max_delay_ms=0, max_queue=2, max_images=2, timeout_ms=WAIT * 1000)
+    settings = ServeSettings(max_batch=1, max_delay_ms=0, max_queue=3, max_images=2, timeout_ms=WAIT * 1000)
     with serve_app(create_app(serving, settings)) as url, ThreadPoolExecutor(2) as pool:
         model.armed = True
         computing = pool.submit(post, url)  # taken into a batch: the model now blocks
         assert model.started.wait(WAIT)
-        queued = pool.submit(post, url, 2)  # fills the queue (2 images)
+        queued = pool.submit(post, url, 2)  # 3 images in flight: the bound
         wait_for_metric(url, "convforge_queue_depth 2.0")
         refused = post(url)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         body = refused.json()
-        assert body["limit"] == 2 and "at capacity" in body["error"] and "holds 2 of at most 2" in body["error"]
+        assert body["limit"] == 3 and "at capacity (3 of at most 3 images in flight)" in body["error"]
         model.release.set()
         assert computing.result(WAIT).status_code == 200 and queued.result(WAIT).status_code == 200
     assert model.images_computed == 3 + 1  # warm-up with batch 1 (max_batch 1), then the 3 accepted images

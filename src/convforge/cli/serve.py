@@ -42,7 +42,8 @@ def serve_command(
         float, typer.Option(help="Longest wait for a batch to fill after its first image.", rich_help_panel=_BATCHING)
     ] = 5.0,
     max_queue: Annotated[
-        int, typer.Option(help="Most images waiting; beyond it requests get 503.", rich_help_panel=_BATCHING)
+        int, typer.Option(help="Most images in the server at once (decoding, queued, computing); beyond it, 503.",
+                          rich_help_panel=_BATCHING),
     ] = 256,
     timeout_ms: Annotated[
         float, typer.Option(help="Deadline per request; past it, 504 (never computed).", rich_help_panel=_BATCHING)

@@ -92,7 +92,7 @@ class OnnxModule(nn.Module):
 
 
 def ort_backend(path: str | os.PathLike, *, name: str = "ort", threads: int | None = None,
-                device: str = "cpu") -> Backend:  # fmt: skip
+                device: str = "cpu", spinning: bool = True) -> Backend:  # fmt: skip
     """An ONNX file in ONNX Runtime as a backend."""
     from convforge.deploy.onnx_file import open_session
 
@@ -100,7 +100,7 @@ def ort_backend(path: str | os.PathLike, *, name: str = "ort", threads: int | No
     if not path.is_file():
         command = "convforge quantize RUN DATA" if name == "ort-int8" else "convforge export RUN"
         raise BackendUnavailable(f"no {path.name} yet; make it with `{command}`")
-    module = OnnxModule(open_session(path, threads, device))
+    module = OnnxModule(open_session(path, threads, device, spinning=spinning))
     return Backend(name, lambda images: module(images).numpy(), str(path))
 
 

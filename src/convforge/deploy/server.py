@@ -53,7 +53,7 @@ class ServeSettings:
 
     max_batch: int = 32
     max_delay_ms: float = 5.0
-    max_queue: int = 256  # images waiting for a forward pass
+    max_queue: int = 256  # images in the server at once: decoding, waiting for a forward pass or in one
     timeout_ms: float = 10_000.0  # per request, from arrival to answer
     max_request_bytes: int = 16 * 2**20
     max_images: int = 64  # per request
@@ -70,7 +70,7 @@ def create_app(model: ServingModel, settings: ServeSettings) -> FastAPI:
     metrics = ServerMetrics(settings.max_batch)
     workers = settings.decode_workers or os.cpu_count() or 1
     decoders = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="convforge-decode")
-    state = {"ready": False, "draining": False, "accepted": 0, "answered": 0}
+    state = {"ready": False, "draining": False, "accepted": 0, "answered": 0, "in_flight": 0}
 
     def on_batch(timing: BatchTiming) -> None:
         if timing.size:
@@ -102,14 +102,31 @@ def create_app(model: ServingModel, settings: ServeSettings) -> FastAPI:
 
     app = FastAPI(title="convforge", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        path = request.url.path if request.url.path in KNOWN_PATHS else "other"  # bounded label values
-        state["accepted"] += path == PREDICT_PATH
-        response = await call_next(request)
-        state["answered"] += path == PREDICT_PATH
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
+    def count(inner):
+        """Requests by path and status, as plain ASGI: Starlette's BaseHTTPMiddleware costs more per
+        request than some of the models served."""
+
+        async def middleware(scope, receive, send):
+            if scope["type"] != "http":
+                return await inner(scope, receive, send)
+            path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"  # bounded label values
+            status = []
+
+            async def sending(message):
+                if message["type"] == "http.response.start":
+                    status.append(message["status"])
+                await send(message)
+
+            state["accepted"] += path == PREDICT_PATH
+            try:
+                await inner(scope, receive, sending)
+            finally:
+                state["answered"] += path == PREDICT_PATH and bool(status)
+                metrics.requests.labels(path, str(status[0] if status else 500)).inc()
+
+        return middleware
+
+    app.add_middleware(_Wrap, wrap=count)
 
     @app.exception_handler(HttpError)
     async def http_error(request: Request, exc: HttpError) -> JSONResponse:
@@ -127,14 +144,34 @@ def create_app(model: ServingModel, settings: ServeSettings) -> FastAPI:
     @app.post(PREDICT_PATH, openapi_extra=_PREDICT_SCHEMA, summary="Top-k classes of one or more images")
     async def predict(request: Request) -> JSONResponse:
         arrived = time.monotonic()
-        deadline = arrived + settings.timeout_ms / 1000
         if not state["ready"]:
             raise HttpError(503, "the server is " + ("draining" if state["draining"] else "warming up") + "; retry",
                             retry_after_seconds=1)  # fmt: skip
+        admit(0)  # full already: refuse before reading the body
         query = query_top_k(request)
         parsed = await read_predict_request(request, max_bytes=settings.max_request_bytes,
                                             max_images=settings.max_images)  # fmt: skip
-        top_k = query or parsed.top_k or settings.top_k
+        count = len(parsed.images)
+        admit(count)
+        state["in_flight"] += count
+        metrics.in_flight.set(state["in_flight"])
+        try:
+            return await answer(parsed, query or parsed.top_k or settings.top_k, arrived)
+        finally:
+            state["in_flight"] -= count
+            metrics.in_flight.set(state["in_flight"])
+
+    def admit(count: int) -> None:
+        """The in-flight bound covers decoding, queueing and computing, so under overload a request is
+        refused at once instead of waiting behind work the server cannot finish in time."""
+        if state["in_flight"] + max(count, 1) > settings.max_queue:
+            brings = f"; this request brings {count}" if count else ""
+            raise HttpError(503, f"the server is at capacity ({state['in_flight']} of at most {settings.max_queue} "
+                                 f"images in flight{brings}); retry later", limit=settings.max_queue,
+                            retry_after_seconds=1)  # fmt: skip
+
+    async def answer(parsed, top_k: int, arrived: float) -> JSONResponse:
+        deadline = arrived + settings.timeout_ms / 1000
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(*(loop.run_in_executor(decoders, _decode, item, model, settings.max_pixels)
                                          for item in parsed.images))  # fmt: skip
@@ -148,7 +185,7 @@ def create_app(model: ServingModel, settings: ServeSettings) -> FastAPI:
             return JSONResponse({"predictions": results, "error": "no image could be decoded", "status": 422}, 422)
         try:
             futures = batcher.submit([decoded[i][0] for i in good], deadline)
-        except QueueFull as exc:
+        except QueueFull as exc:  # only while draining: admission keeps the queue within its bound
             raise HttpError(503, f"the server is at capacity ({exc}); retry later", limit=settings.max_queue,
                             retry_after_seconds=1) from None  # fmt: skip
         metrics.queue_depth.set(batcher.waiting)
@@ -205,6 +242,16 @@ def _error(exc: HttpError) -> JSONResponse:
     if exc.status == 503:
         headers["Retry-After"] = str(math.ceil(exc.details.get("retry_after_seconds", 1)))
     return JSONResponse(exc.body(), exc.status, headers=headers)
+
+
+class _Wrap:
+    """An ASGI middleware made from a function that wraps the app (Starlette's add_middleware wants a class)."""
+
+    def __init__(self, app, wrap):
+        self.call = wrap(app)
+
+    async def __call__(self, scope, receive, send):
+        await self.call(scope, receive, send)
 
 
 _IMAGE_FILE = {"type": "string", "format": "binary"}

@@ -25,6 +25,7 @@ class ServerMetrics:
         sizes = sorted({2**i for i in range(max_batch.bit_length())} | {max_batch})
         self.batch_size = Histogram("convforge_batch_size", "Images per forward pass", buckets=sizes, registry=r)
         self.queue_depth = Gauge("convforge_queue_depth", "Images waiting for a forward pass", registry=r)
+        self.in_flight = Gauge("convforge_images_in_flight", "Images admitted and not yet answered", registry=r)
         self.images_decoded = Counter("convforge_images_decoded", "Images decoded and preprocessed", registry=r)
         self.decode_failures = Counter("convforge_decode_failures", "Images that could not be decoded", registry=r)
         self.dropped = Counter("convforge_images_dropped", "Images whose deadline passed in the queue", registry=r)

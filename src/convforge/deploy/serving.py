@@ -70,7 +70,7 @@ def open_serving_model(
             if backend not in ("ort", file_backend(path)):
                 raise ConfigError(f"{path} is an ONNX file: it runs in ONNX Runtime only (leave out --backend)")
             spec = spec_from_onnx(path, **_onnx_keywords(overrides or {}))
-            runner = ort_backend(path, name=file_backend(path), threads=threads)
+            runner = ort_backend(path, name=file_backend(path), threads=threads, spinning=False)
             return ServingModel(path.name, spec, runner, {"file": str(path.resolve())})
         run = Run.open(path)
         if not run.has_model:
@@ -80,7 +80,7 @@ def open_serving_model(
             runner = torch_backend(model, bf16=backend == "torch-bf16", file=str(run.path / WEIGHTS_FILE))
         else:
             file = run.artifact(INT8_ONNX_FILE if backend == "ort-int8" else ONNX_FILE)
-            runner = ort_backend(file, name=backend, threads=threads)
+            runner = ort_backend(file, name=backend, threads=threads, spinning=False)
     except BackendUnavailable as exc:
         raise ConfigError(f"backend {backend} cannot run here: {exc}") from None
     return ServingModel(run.name, spec, runner, run_lineage(run))

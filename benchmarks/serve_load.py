@@ -1,0 +1,133 @@
+"""`convforge serve` under load, against the raw batched model, on the same model and images.
+
+Three setups, one script: the server with dynamic batching, the server with batching off
+(`--max-batch 1`), and the raw model with no server (decode + preprocess + forward in batches, in a
+loop, in this process). Requests carry one real CIFAR-10 test JPEG each and come from convforge's
+bounded load generator (httpx, async) at --concurrency. Then an overload run: far more concurrency
+than the server can take, with a small --max-queue, to see 503s answered fast and memory stay flat.
+The decode/preprocess share of a request comes from the server's own stage timings (/metrics).
+
+    python benchmarks/serve_load.py RUN [--backend ort] [--requests 3000] [--concurrency 32]
+
+The load generator shares this machine's cores with the server (2 here): its CPU time is part of
+what the server figures pay, and not of the raw model's. Writes benchmarks/out/serve_load.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import tarfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from convforge.deploy.load import run_load, serve_process
+from convforge.deploy.predict import image_tensor
+from convforge.deploy.serving import open_serving_model
+from convforge.runs import describe_hardware, hardware_fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("CONVFORGE_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+def cifar_jpegs(count: int) -> list[tuple[str, bytes]]:
+    files = []
+    with tarfile.open(DATASETS / "cifar10-jpg" / "cifar10-jpg.tar.gz") as archive:
+        for member in archive:
+            if member.isfile() and "/test/" in f"/{member.name}" and member.name.endswith(".jpg"):
+                files.append((Path(member.name).name, archive.extractfile(member).read()))
+                if len(files) == count:
+                    break
+    return files
+
+
+def raw_model(run: str, backend: str, images: list[tuple[str, bytes]], batch: int, seconds: float) -> float:
+    """Images per second of decode + preprocess + forward in batches, no server (median of 3 passes)."""
+    model = open_serving_model(run, backend, threads=torch.get_num_threads())
+    rates = []
+    for _ in range(3):
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for start in range(0, len(images), batch):
+                chunk = images[start : start + batch]
+                inputs = torch.cat([image_tensor(data, model.spec, name=name) for name, data in chunk])
+                model.backend.run(inputs).argmax(axis=1)
+                done += len(chunk)
+        rates.append(done / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def stage_seconds(metrics: str) -> dict[str, float]:
+    return {stage: float(value) for stage, value in
+            re.findall(r'^convforge_stage_seconds_sum\{stage="(\w+)"\} (\S+)$', metrics, re.MULTILINE)}  # fmt: skip
+
+
+def rss_mb(pid: int) -> float:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) / 1024
+
+
+def serve_and_load(run, images, args, extra: list[str], concurrency: int, requests: int, out: Path) -> dict:
+    with serve_process(run, "--backend", args.backend, *extra, log=out.with_suffix(".log")) as server:
+        url = f"{server.url}/v1/predict"
+        run_load(url, images, requests=min(200, requests), concurrency=concurrency)  # warm connections, caches
+        before = stage_seconds(httpx.get(f"{server.url}/metrics").text)
+        memory = [rss_mb(server.process.pid)]
+        result = run_load(url, images, requests=requests, concurrency=concurrency, max_seconds=120)
+        memory.append(rss_mb(server.process.pid))
+        after = stage_seconds(httpx.get(f"{server.url}/metrics").text)
+    stages = {stage: after.get(stage, 0.0) - before.get(stage, 0.0) for stage in after}
+    return {**result.to_dict(), "stage_seconds": stages, "rss_mb": memory}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run")
+    parser.add_argument("--backend", default="ort")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--images", type=int, default=512)
+    args = parser.parse_args()
+    out = ROOT / "benchmarks" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    images = cifar_jpegs(args.images)
+    hardware = describe_hardware(hardware_fingerprint())
+    print(f"{Path(args.run).name}, backend {args.backend}, {len(images)} CIFAR-10 test JPEGs; {hardware}")
+
+    results = {"raw_images_per_second": raw_model(args.run, args.backend, images, args.max_batch, 3.0)}
+    setups = {"batched": ["--max-batch", str(args.max_batch)], "unbatched": ["--max-batch", "1"]}
+    for name, extra in setups.items():
+        results[name] = serve_and_load(args.run, images, args, extra, args.concurrency, args.requests, out / name)
+    overload = ["--max-batch", str(args.max_batch), "--max-queue", "64", "--max-images", "1"]
+    results["overload"] = serve_and_load(args.run, images, args, overload, 512, args.requests, out / "overload")
+
+    raw, batched, unbatched = results["raw_images_per_second"], results["batched"], results["unbatched"]
+    print(f"raw batched model (batch {args.max_batch}, no server): {raw:.0f} img/s")
+    print("| setup | concurrency | img/s | p50 ms | p90 ms | p99 ms | statuses | decode share |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    for name in ("batched", "unbatched", "overload"):
+        r = results[name]
+        stages = r["stage_seconds"]
+        share = stages.get("decode", 0) / max(sum(stages.values()), 1e-9)
+        latency = r["latency_ms"]
+        p50, p90, p99 = (latency.get(q, 0.0) for q in ("p50", "p90", "p99"))
+        print(f"| server, {name} | {r['concurrency']} | {r['images_per_second']:.0f} | {p50:.1f} | {p90:.1f} | "
+              f"{p99:.1f} | {r['statuses']} | {share:.1%} |")  # fmt: skip
+    speedup = batched["images_per_second"] / max(unbatched["images_per_second"], 1e-9)
+    print(f"batching: {speedup:.2f}x unbatched; server/raw: {batched['images_per_second'] / raw:.1%}; "
+          f"server memory (MB) before and after the overload run: {results['overload']['rss_mb']}")  # fmt: skip
+    results["hardware"] = hardware
+    (out / "serve_load.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
