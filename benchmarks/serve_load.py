@@ -50,7 +50,7 @@ def cifar_jpegs(count: int) -> list[tuple[str, bytes]]:
 
 def raw_model(run: str, backend: str, images: list[tuple[str, bytes]], batch: int, seconds: float) -> float:
     """Images per second of decode + preprocess + forward in batches, no server (median of 3 passes)."""
-    model = open_serving_model(run, backend, threads=torch.get_num_threads())
+    model = open_serving_model(run, backend, threads=torch.get_num_threads())  # all cores: the raw model's best
     rates = []
     for _ in range(3):
         done, started = 0, time.perf_counter()
@@ -65,8 +65,13 @@ def raw_model(run: str, backend: str, images: list[tuple[str, bytes]], batch: in
 
 
 def stage_seconds(metrics: str) -> dict[str, float]:
-    return {stage: float(value) for stage, value in
-            re.findall(r'^convforge_stage_seconds_sum\{stage="(\w+)"\} (\S+)$', metrics, re.MULTILINE)}  # fmt: skip
+    """Seconds spent per stage (summed over images), and the batch count and size sums."""
+    found = {stage: float(value) for stage, value in
+             re.findall(r'^convforge_stage_seconds_sum\{stage="(\w+)"\} (\S+)$', metrics, re.MULTILINE)}  # fmt: skip
+    for name in ("count", "sum"):
+        match = re.search(rf"^convforge_batch_size_{name} (\S+)$", metrics, re.MULTILINE)
+        found[f"batches_{name}"] = float(match.group(1)) if match else 0.0
+    return found
 
 
 def rss_mb(pid: int) -> float:
@@ -75,7 +80,8 @@ def rss_mb(pid: int) -> float:
 
 
 def serve_and_load(run, images, args, extra: list[str], concurrency: int, requests: int, out: Path) -> dict:
-    with serve_process(run, "--backend", args.backend, *extra, log=out.with_suffix(".log")) as server:
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    with serve_process(run, "--backend", args.backend, *threads, *extra, log=out.with_suffix(".log")) as server:
         url = f"{server.url}/v1/predict"
         run_load(url, images, requests=min(200, requests), concurrency=concurrency)  # warm connections, caches
         before = stage_seconds(httpx.get(f"{server.url}/metrics").text)
@@ -83,8 +89,10 @@ def serve_and_load(run, images, args, extra: list[str], concurrency: int, reques
         result = run_load(url, images, requests=requests, concurrency=concurrency, max_seconds=120)
         memory.append(rss_mb(server.process.pid))
         after = stage_seconds(httpx.get(f"{server.url}/metrics").text)
-    stages = {stage: after.get(stage, 0.0) - before.get(stage, 0.0) for stage in after}
-    return {**result.to_dict(), "stage_seconds": stages, "rss_mb": memory}
+    change = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+    batches = change.pop("batches_count"), change.pop("batches_sum")
+    return {**result.to_dict(), "stage_seconds": change, "mean_batch": batches[1] / max(batches[0], 1),
+            "rss_mb": memory}  # fmt: skip
 
 
 def main() -> None:
@@ -95,6 +103,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None, help="model threads (default: all cores)")
     args = parser.parse_args()
     out = ROOT / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
@@ -111,8 +120,8 @@ def main() -> None:
 
     raw, batched, unbatched = results["raw_images_per_second"], results["batched"], results["unbatched"]
     print(f"raw batched model (batch {args.max_batch}, no server): {raw:.0f} img/s")
-    print("| setup | concurrency | img/s | p50 ms | p90 ms | p99 ms | statuses | decode share |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    print("| setup | concurrency | img/s | p50 ms | p90 ms | p99 ms | mean batch | statuses | decode share |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for name in ("batched", "unbatched", "overload"):
         r = results[name]
         stages = r["stage_seconds"]
@@ -120,7 +129,10 @@ def main() -> None:
         latency = r["latency_ms"]
         p50, p90, p99 = (latency.get(q, 0.0) for q in ("p50", "p90", "p99"))
         print(f"| server, {name} | {r['concurrency']} | {r['images_per_second']:.0f} | {p50:.1f} | {p90:.1f} | "
-              f"{p99:.1f} | {r['statuses']} | {share:.1%} |")  # fmt: skip
+              f"{p99:.1f} | {r['mean_batch']:.1f} | {r['statuses']} | {share:.1%} |")  # fmt: skip
+    rejected = results["overload"]["rejected_latency_ms"]
+    if rejected:
+        print(f"overload: 503 answered in p50 {rejected['p50']:.1f} ms, p99 {rejected['p99']:.1f} ms")
     speedup = batched["images_per_second"] / max(unbatched["images_per_second"], 1e-9)
     print(f"batching: {speedup:.2f}x unbatched; server/raw: {batched['images_per_second'] / raw:.1%}; "
           f"server memory (MB) before and after the overload run: {results['overload']['rss_mb']}")  # fmt: skip

@@ -5,6 +5,7 @@ requests batched, SIGTERM draining under load, and the mistakes refused before i
 import asyncio
 import base64
 import json
+import os
 import re
 import shutil
 import socket
@@ -163,6 +164,17 @@ def test_sigterm_under_load_answers_everything_accepted_and_exits_0(tiny_run, im
                                             log).groups())  # fmt: skip
     assert accepted == answered == statuses["200"] >= 30, (statuses, log)
     assert set(statuses) <= {"200", "no answer"}  # after SIGTERM new connections are refused, never half-answered
+
+
+def test_workers_each_load_the_model_and_answer(tiny_run, images, tmp_path):
+    with serve_process(tiny_run.run.path, "--workers", "2", log=tmp_path / "log") as server:
+        answers = [httpx.post(f"{server.url}/v1/predict", files=[("files", (p.name, p.read_bytes()))], timeout=30)
+                   for p in images]  # fmt: skip
+        assert [a.status_code for a in answers] == [200] * len(images)
+        assert server.terminate() == 0
+    log = server.output()
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert f"2 worker(s) x {threads} model thread(s)" in log and log.count("ready: ") == 2, log
 
 
 def test_mistakes_are_refused_before_serving(tiny_run, tmp_path, monkeypatch):

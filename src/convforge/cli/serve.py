@@ -1,5 +1,6 @@
 """`convforge serve RUN`: the run's model behind HTTP with dynamic batching (library imports in the body)."""
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +82,9 @@ def serve_command(
     Example: convforge serve runs/demo --backend ort-int8 --port 8000
     """
     output = Output(quiet)
+    # OpenMP threads that busy-wait between the model's calls would take the cores decoding and HTTP need;
+    # read when torch loads, which the CLI has not done yet (a user's own setting wins)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if max_request_mb <= 0:
         raise ConfigError(f"--max-request-mb must be positive, got {max_request_mb:g}")
     from convforge.deploy.backends import parse_backends
@@ -96,7 +100,10 @@ def serve_command(
                              decode_workers=decode_workers)  # fmt: skip
     check_options(settings, workers, threads)
     remote = check_address(host, port, allow_remote)
-    launch = Launch(str(source), backend_name, host, port, workers, threads, device, settings.to_dict(),
+    from convforge.device import resolve_device
+
+    launch = Launch(str(source), backend_name, host, port, workers, threads, str(resolve_device(device)),
+                    settings.to_dict(),
                     onnx_overrides(classes, mean, std, size), access_log, graceful_seconds)  # fmt: skip
     app, model = build_app(launch)  # in this process too: a mistake is said here, once, before workers start
     if workers > 1:
@@ -104,7 +111,7 @@ def serve_command(
     described = model.describe()
     output.message(
         f"serving {described['name']} ({described['architecture']}, {len(model.classes)} classes) with "
-        f"{model.backend.name}{' from ' + described['file'] if described['file'] else ''} on {device}\n"
+        f"{model.backend.name}{' from ' + described['file'] if described['file'] else ''} on {launch.device}\n"
         f"  {workers} worker(s) x {launch.threads_per_worker} model thread(s); batches of up to {max_batch} "
         f"images within {max_delay_ms:g} ms; queue {max_queue} images; deadline {timeout_ms:g} ms\n"
         f"  limits per request: {max_request_mb:g} MB, {max_images} images, {max_pixels:,} pixels per image\n"
