@@ -113,6 +113,14 @@ def test_a_decompression_bomb_is_refused_for_that_image(server):
     assert ok["top"] is not None
 
 
+def test_the_declared_size_is_read_without_decoding():
+    from convforge.data.decode import declared_pixels
+
+    bomb = png_bytes(1100)  # a few KB of one colour: small to send, large to decode
+    assert len(bomb) < 8192 and declared_pixels(bomb) == 1100 * 1100
+    assert declared_pixels(b"junk") is None
+
+
 def test_models_health_readiness_and_metrics(server, tiny_run):
     described = httpx.get(f"{server.url}/v1/models").json()["models"][0]
     assert described["classes"] == list(load_model(tiny_run.run.path)[1].classes)

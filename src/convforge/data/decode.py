@@ -94,6 +94,15 @@ def decode_image(
     return array
 
 
+def declared_pixels(data: bytes) -> int | None:
+    """Width x height as an image file's header declares it, without decoding (None: not an image)."""
+    try:
+        with _pixel_check_by_us(), Image.open(io.BytesIO(data)) as img:
+            return img.width * img.height
+    except _DECODE_FAILURES:
+        return None
+
+
 @contextlib.contextmanager
 def _pixel_check_by_us():
     """Open without Pillow's own bomb check, which would refuse with a message that names no file;

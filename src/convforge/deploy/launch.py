@@ -62,6 +62,8 @@ def check_options(settings: Any, workers: int, threads: int | None) -> None:
                         ("--top-k", settings.top_k), ("--workers", workers), ("--threads", threads or 1)):  # fmt: skip
         if value < 1:
             problems.append(f"{name} must be positive, got {value}")
+    if settings.decode_workers < 0 or settings.inline_decode_bytes < 0:
+        problems.append("--decode-workers and --inline-decode-kb cannot be negative")
     if problems:
         raise ConfigError("; ".join(problems))
 

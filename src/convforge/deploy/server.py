@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from convforge.data.decode import declared_pixels
 from convforge.deploy.batcher import BatchTiming, DeadlinePassed, DynamicBatcher, QueueFull
 from convforge.deploy.http_input import HttpError, ImageInput, query_top_k, read_predict_request
 from convforge.deploy.predict import image_tensor, top_classes
@@ -44,6 +45,7 @@ from convforge.errors import ImageDecodeError
 
 log = logging.getLogger("convforge.serve")
 PREDICT_PATH = "/v1/predict"
+INLINE_DECODE_PIXELS = 256 * 256
 KNOWN_PATHS = (PREDICT_PATH, "/v1/models", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 
 
@@ -60,6 +62,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000  # per image, checked before decoding (decompression bombs)
     top_k: int = 3
     decode_workers: int = 0  # 0: one per core
+    inline_decode_bytes: int = 8192  # files up to this size are decoded on the event loop (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,11 +173,20 @@ def create_app(model: ServingModel, settings: ServeSettings) -> FastAPI:
                                  f"images in flight{brings}); retry later", limit=settings.max_queue,
                             retry_after_seconds=1)  # fmt: skip
 
+    async def decode(item: ImageInput, loop: asyncio.AbstractEventLoop):
+        """On the decode pool; a small image on the event loop itself, where decoding it costs less than
+        the hand-over to a thread (measured: 1,264 -> 1,686 requests/s of 1-2 KB JPEGs on 2 cores). Small
+        means in bytes and in declared pixels: a small file can still declare a huge image."""
+        data = item.data
+        if data is None or (len(data) <= settings.inline_decode_bytes
+                            and (declared_pixels(data) or 0) <= INLINE_DECODE_PIXELS):  # fmt: skip
+            return _decode(item, model, settings.max_pixels)
+        return await loop.run_in_executor(decoders, _decode, item, model, settings.max_pixels)
+
     async def answer(parsed, top_k: int, arrived: float) -> JSONResponse:
         deadline = arrived + settings.timeout_ms / 1000
         loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*(loop.run_in_executor(decoders, _decode, item, model, settings.max_pixels)
-                                         for item in parsed.images))  # fmt: skip
+        decoded = await asyncio.gather(*(decode(item, loop) for item in parsed.images))
         for _, error, seconds in decoded:
             metrics.stage.labels("decode").observe(seconds)
             (metrics.images_decoded if error is None else metrics.decode_failures).inc()
