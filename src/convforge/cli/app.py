@@ -11,10 +11,10 @@ import typer
 
 app = typer.Typer(
     name="convforge",
-    # Only what the commands below do; compress joins as it arrives.
+    # Only what the commands below do.
     help="Build a convolutional vision model from a zoo of architectures, train it on your images, "
     "evaluate it, explain what it looks at, stress it with attacks and corruptions, export it to ONNX, "
-    "quantize it to INT8, measure what it costs and serve it over HTTP; one run folder keeps its whole "
+    "prune and quantize it, measure what it costs and serve it over HTTP; one run folder keeps its whole "
     "history. "
     "Start with `convforge demo`.",
     no_args_is_help=True,
@@ -52,6 +52,7 @@ def _register() -> None:
         export,
         models,
         predict,
+        prune,
         quantize,
         report,
         robust,
@@ -59,7 +60,8 @@ def _register() -> None:
         train,
     )  # fmt: skip
 
-    for module in (models, train, evaluate, predict, explain, robust, export, quantize, bench, serve, report, demo):
+    commands = (models, train, evaluate, predict, explain, robust, export, quantize, prune, bench, serve, report, demo)
+    for module in commands:
         module.register(app)
 
 

@@ -140,6 +140,22 @@ def robust_comparison_table(cards: dict[str, dict]) -> Table:
     return table
 
 
+def prune_table(result: dict, title: str) -> Table:
+    """Parent against pruned child: parameters, MACs, top-1 and measured latency."""
+    pruning = result["pruning"]
+    before, after = pruning["before"], pruning["after"]
+    table = Table(title=title)
+    for column in ("", "parent", "pruned", "kept"):
+        table.add_column(column, justify="left" if not column else "right")
+    for name in ("params", "macs"):
+        table.add_row(name, f"{before[name]:,}", f"{after[name]:,}", percent(after[name] / max(before[name], 1)))
+    table.add_row("top-1", percent(result["parent_top1"]), percent(result["top1"]), "")
+    for batch, speedup in result["speedup"].items():
+        parent, child = result["latency_ms"]["parent"][batch], result["latency_ms"]["child"][batch]
+        table.add_row(f"latency batch {batch} (p50 ms)", f"{parent:.2f}", f"{child:.2f}", f"{speedup:.2f}x faster")
+    return table
+
+
 def export_table(parity: dict, title: str) -> Table:
     """The parity figures of an export: PyTorch against ONNX Runtime on the same images."""
     table = Table(title=title)

@@ -1,0 +1,59 @@
+"""`convforge prune RUN DATA --out CHILD`: structured pruning to a share of parameters or MACs kept
+(library imports in the body)."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convforge.cli.common import (
+    JsonOption,
+    Output,
+    QuietOption,
+    SplitOption,
+    StrictOption,
+    percent,
+    user_errors,
+)
+
+
+@user_errors
+def prune_command(
+    run_path: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder with a trained model.")],
+    data: Annotated[str, typer.Argument(help="Dataset spec to evaluate on (and, for taylor, to take gradients on).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The child run folder to write.")],
+    params: Annotated[float | None, typer.Option(help="Share of parameters to keep, like 0.5.")] = None,
+    macs: Annotated[float | None, typer.Option(help="Share of MACs to keep, like 0.5.")] = None,
+    criterion: Annotated[str, typer.Option(help="l1, l2 (weight magnitude), bn (BatchNorm scale) or taylor.")] = "l2",
+    round_to: Annotated[int, typer.Option(help="Keep channel counts multiples of this.")] = 8,
+    split: SplitOption = None,
+    strict: StrictOption = False,
+    force: Annotated[bool, typer.Option(help="Replace the run folder --out if it exists.")] = False,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove whole channels from a run's model (Torch-Pruning's dependency graph) until at most the
+    given share of its parameters or MACs remains, and save it as a child run.
+
+    The child is an ordinary run folder (safetensors weights, the widths of every layer in model.json,
+    its parent in run.json) that eval, predict, explain, robust, export, bench and serve load like any
+    other. Top-1 on DATA and latency at batch 1 and 64 are measured for parent and child. The pruned
+    model is not fine-tuned here yet (distillation from the parent comes next); from Python,
+    convforge.train(config, out, model=load_model(CHILD)[0]) fine-tunes it.
+
+    Example: convforge prune runs/resnet18 cifar10:data/cifar10 --macs 0.5 --criterion l2 --out runs/r18-half
+    """
+    output = Output(quiet, as_json)
+    from convforge.cli.tables import prune_table
+    from convforge.compress.prune_run import prune_run
+
+    result = prune_run(run_path, data, out, criterion=criterion, params=params, macs=macs, round_to=round_to,
+                       split=split, strict=strict, force=force)  # fmt: skip
+    output.table(prune_table(result.to_dict(), title=f"{run_path} -> {out}"))
+    output.message(f"top-1 {percent(result.parent_top1)} -> {percent(result.top1)} before any fine-tuning; "
+                   f"child run {out}")  # fmt: skip
+    output.result(result.to_dict())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prune")(prune_command)

@@ -1,0 +1,157 @@
+"""Structured pruning: whole channels removed through Torch-Pruning's dependency graph, to a target share
+of parameters or MACs kept.
+
+Torch-Pruning finds which layers must lose the same channels (residual additions, depthwise and grouped
+convolutions, concatenations) and narrows them together; convforge chooses the criterion, steps the
+pruner until the target holds, measures each step, and keeps the classifier's outputs. The pruned
+model is an ordinary module with narrower layers: `checkpoint.save_model` records every tensor's
+shape, and `load_model` rebuilds the architecture resized to them (models/resize.py), so a pruned run
+loads without pickle like any other.
+
+Criteria (`--criterion`): `l1` and `l2` (group magnitude of the weights, Torch-Pruning's default is l2),
+`bn` (the BatchNorm scale |gamma| of each channel), `taylor` (first-order Taylor: |weight x gradient|,
+from the loss on a batch of training images).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convforge.errors import ConfigError, UserError, did_you_mean
+from convforge.measure.counting import count_macs, count_params
+from convforge.models.factory import model_file_hook
+
+CRITERIA = ("l1", "l2", "bn", "taylor")
+TARGETS = ("params", "macs")
+MAX_STEPS = 40  # the pruner reaches its largest ratio in this many equal steps; the target stops it earlier
+MAX_RATIO = 0.95  # never remove more than this share of a layer's channels
+
+
+@dataclass
+class PruneStep:
+    step: int
+    params: int
+    macs: int
+
+
+@dataclass
+class PruneResult:
+    criterion: str
+    target: str  # params or macs
+    keep: float  # the share of `target` asked to remain
+    round_to: int | None
+    before: PruneStep
+    steps: list[PruneStep] = field(default_factory=list)
+
+    @property
+    def after(self) -> PruneStep:
+        return self.steps[-1] if self.steps else self.before
+
+    @property
+    def kept(self) -> float:
+        """The share of the target quantity that remains."""
+        return getattr(self.after, self.target) / max(getattr(self.before, self.target), 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "kept": self.kept, "after": asdict(self.after)}
+
+
+def check_criterion(name: str) -> str:
+    if name not in CRITERIA:
+        hint = did_you_mean(name, CRITERIA)
+        raise ConfigError(f"unknown criterion {name!r}.{hint} Choose from {', '.join(CRITERIA)}")
+    return name
+
+
+def check_target(params: float | None, macs: float | None) -> tuple[str, float]:
+    """(`params` or `macs`, the share to keep) from the two options, exactly one of which is given."""
+    given = [(name, value) for name, value in (("params", params), ("macs", macs)) if value is not None]
+    if len(given) != 1:
+        raise ConfigError("give one target: --params 0.5 or --macs 0.5 (the share to keep)")
+    name, value = given[0]
+    if not 0 < value < 1:
+        raise ConfigError(f"--{name} is the share to keep, between 0 and 1 (exclusive); got {value:g}")
+    return name, value
+
+
+def prune_model(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    *,
+    criterion: str = "l2",
+    target: str = "macs",
+    keep: float = 0.5,
+    round_to: int | None = 8,
+    architecture: str | None = None,
+    gradient_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    on_step: Callable[[PruneStep], None] | None = None,
+) -> PruneResult:
+    """Prune `model` in place until at most `keep` of its `target` (params or MACs at `input_size`)
+    remains, in steps of 1/MAX_STEPS of the largest ratio; channel counts stay multiples of `round_to`.
+    `gradient_batch` (normalised images, labels) is needed by the taylor criterion."""
+    import torch_pruning as tp
+
+    check_criterion(criterion)
+    if criterion == "taylor" and gradient_batch is None:
+        raise ConfigError("the taylor criterion needs a batch of training images and labels for its gradients")
+    model.eval()
+    example = torch.zeros(1, *input_size, device=next(model.parameters()).device)
+    result = PruneResult(criterion, target, keep, round_to, _measure(0, model, input_size))
+    goal = keep * getattr(result.before, target)
+    hook = model_file_hook(architecture, "unwrapped_parameters") if architecture else None
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model, example, importance=_importance(criterion), pruning_ratio=MAX_RATIO, iterative_steps=MAX_STEPS,
+            ignored_layers=_classifiers(model), round_to=round_to, global_pruning=False,
+            unwrapped_parameters=hook(model) if hook else None,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - tracing failures come as many types; the message names the module
+        raise UserError(f"Torch-Pruning cannot trace this model ({type(exc).__name__}: {exc})") from None
+    for step in range(1, MAX_STEPS + 1):
+        if criterion == "taylor":
+            _gradients(model, gradient_batch)
+        pruner.step()
+        measured = _measure(step, model, input_size)
+        result.steps.append(measured)
+        if on_step is not None:
+            on_step(measured)
+        if getattr(measured, target) <= goal:
+            break
+    model.zero_grad(set_to_none=True)
+    return result
+
+
+def _importance(criterion: str):
+    import torch_pruning as tp
+
+    if criterion in ("l1", "l2"):
+        return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
+    if criterion == "bn":
+        return tp.importance.BNScaleImportance()
+    return tp.importance.GroupTaylorImportance()
+
+
+def _classifiers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose outputs are the classes: never pruned."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
+        return [head]
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    return linears[-1:]
+
+
+def _gradients(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, labels = batch
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        F.cross_entropy(model(images), labels).backward()
+
+
+def _measure(step: int, model: nn.Module, input_size: tuple[int, int, int]) -> PruneStep:
+    return PruneStep(step, count_params(model), count_macs(model, input_size))

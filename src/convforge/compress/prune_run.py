@@ -1,0 +1,117 @@
+"""`convforge prune RUN DATA --out CHILD`: a run's model pruned to a target, evaluated before and after,
+timed, and saved as a child run folder whose lineage names its parent."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convforge.checkpoint import load_model, save_model
+from convforge.compress.prune import PruneResult, check_criterion, check_target, prune_model
+from convforge.data.sample import align_classes, read_pixels, stratified_positions
+from convforge.data.spec import load_dataset
+from convforge.data.transforms import eval_transform
+from convforge.errors import UserError
+from convforge.measure.cost import measure_latency
+from convforge.runs import WEIGHTS_FILE, Run, check_free, check_replaceable, remove_run_folder
+from convforge.train.evaluate import evaluate
+
+LATENCY_BATCHES = (1, 64)
+TAYLOR_IMAGES = 64
+
+
+@dataclass
+class PruneRunResult:
+    child: Path
+    pruning: PruneResult
+    parent_top1: float
+    top1: float
+    latency_ms: dict[str, dict[int, float]]  # parent/child -> batch -> p50
+
+    @property
+    def speedup(self) -> dict[int, float]:
+        return {b: self.latency_ms["parent"][b] / self.latency_ms["child"][b] for b in self.latency_ms["child"]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"child": str(self.child), "pruning": self.pruning.to_dict(), "parent_top1": self.parent_top1,
+                "top1": self.top1, "latency_ms": self.latency_ms, "speedup": self.speedup}  # fmt: skip
+
+
+def prune_run(
+    run_path: str | Path,
+    data: str,
+    out: str | Path,
+    *,
+    criterion: str = "l2",
+    params: float | None = None,
+    macs: float | None = None,
+    round_to: int | None = 8,
+    split: str | None = None,
+    strict: bool = False,
+    force: bool = False,
+    latency_seconds: float = 1.0,
+) -> PruneRunResult:
+    """Prune RUN's model, evaluate parent and child on DATA's test split, time both, write CHILD."""
+    check_criterion(criterion)
+    target, keep = check_target(params, macs)
+    if round_to is not None and round_to < 1:
+        raise UserError(f"--round-to must be at least 1, got {round_to}")
+    parent = Run.open(run_path)
+    if not parent.has_model:
+        raise UserError(f"{parent.path} holds no trained model yet (no {WEIGHTS_FILE}); train it first")
+    out = Path(out)
+    if force:
+        check_replaceable(out)  # said now; the old run is replaced only once the child is ready
+    else:
+        check_free(out)
+    model, spec = load_model(parent.path)
+    dataset = load_dataset(data, strict=strict, channels=spec.in_chans)
+    test = align_classes(dataset.splits[split] if split else dataset.eval_split(), spec.classes, data)
+    gradient_batch = _taylor_batch(dataset, spec, data) if criterion == "taylor" else None
+    input_size = (spec.in_chans, *spec.preprocessing.input_size)
+
+    parent_top1 = evaluate(model, test, spec.preprocessing).top1
+    parent_latency = _latency(model, input_size, latency_seconds)
+    child = copy.deepcopy(model)
+    pruning = prune_model(child, input_size, criterion=criterion, target=target, keep=keep, round_to=round_to,
+                          architecture=spec.architecture, gradient_batch=gradient_batch)  # fmt: skip
+    evaluated = evaluate(child, test, spec.preprocessing)
+    latency = {"parent": parent_latency, "child": _latency(child, input_size, latency_seconds)}
+    result = PruneRunResult(out, pruning, parent_top1, evaluated.top1, latency)
+    config = {"data": data, "criterion": criterion, "target": target, "keep": keep, "round_to": round_to}
+    if force:
+        remove_run_folder(out)
+    run = Run.create(out, command="convforge prune", stage="prune", config=config, parent=parent.path)
+    try:
+        save_model(run.path, child, spec)
+        _check_round_trip(run.path, child, input_size)
+        run.update(status="done", test=evaluated.to_dict(), pruning=pruning.to_dict())
+        run.append_metrics({"kind": "prune", **result.to_dict()})
+    except BaseException:
+        remove_run_folder(run.path)  # nothing half-written under the name the user chose
+        raise
+    return result
+
+
+def _taylor_batch(dataset, spec, data: str) -> tuple[torch.Tensor, torch.Tensor]:
+    train = align_classes(dataset.splits.get("train") or dataset.eval_split(), spec.classes, data)
+    pixels, positions, _ = read_pixels(train, stratified_positions(train.labels, min(TAYLOR_IMAGES, len(train)), 0))
+    images = eval_transform(torch.from_numpy(pixels), spec.preprocessing)
+    return images, torch.as_tensor(train.labels[positions], dtype=torch.long)
+
+
+def _latency(model: torch.nn.Module, input_size, seconds: float) -> dict[int, float]:
+    return {b: measure_latency(model, input_size, b, budget_seconds=seconds).p50_ms for b in LATENCY_BATCHES}
+
+
+def _check_round_trip(folder: Path, model: torch.nn.Module, input_size) -> None:
+    """The saved child, loaded the ordinary way (rebuilt at the recorded widths), is the pruned model."""
+    loaded, _ = load_model(folder)
+    probe = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if not torch.equal(loaded(probe), model.eval()(probe)):
+            raise UserError(f"the pruned model in {folder} does not load back identically; it was not kept")

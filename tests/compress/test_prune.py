@@ -1,0 +1,87 @@
+"""Structured pruning: targets met on real architectures, widths on the rounding grid, the classifier
+kept, a pruned child run that loads, evaluates and exports like any other, and clear messages."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from convforge.checkpoint import load_model
+from convforge.compress.prune import prune_model
+from convforge.compress.prune_run import prune_run
+from convforge.deploy.export import export_run
+from convforge.models import create_model
+from tests.helpers import TINY_SHAPES, invoke
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2_100", "efficientnet_b0"])
+def test_a_macs_target_is_met_on_the_rounding_grid_and_the_classes_stay(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7)
+    widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    result = prune_model(model, (3, 32, 32), criterion="l2", target="macs", keep=0.5, architecture=name)
+    assert result.kept <= 0.5 and result.kept > 0.35  # stops at the first step past the target
+    assert result.after.params < result.before.params
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    narrowed = {n: m.out_channels for n, m in model.named_modules()
+                if isinstance(m, nn.Conv2d) and m.out_channels != widths[n]}  # fmt: skip
+    assert narrowed and all(width % 8 == 0 for width in narrowed.values()), narrowed
+
+
+def test_bn_and_taylor_criteria_prune_a_params_target(tiny_run):
+    model, spec = load_model(tiny_run.run.path)
+    images, labels = torch.rand(16, 3, 32, 32), torch.arange(16) % 10
+    for criterion in ("bn", "taylor"):
+        copy = load_model(tiny_run.run.path)[0]
+        result = prune_model(copy, (3, 32, 32), criterion=criterion, target="params", keep=0.6, round_to=4,
+                             gradient_batch=(images, labels))  # fmt: skip
+        assert result.kept <= 0.6 and copy(images).shape == (16, 10)
+        assert all(p.grad is None for p in copy.parameters())  # taylor's gradients are not left behind
+
+
+def test_a_pruned_child_run_loads_evaluates_and_exports(tiny_run, tmp_path):
+    out = tmp_path / "child"
+    result = prune_run(tiny_run.run.path, TINY_SHAPES, out, macs=0.6, latency_seconds=0.05)
+    assert result.pruning.kept <= 0.6 and set(result.speedup) == {1, 64}
+    info = json.loads((out / "run.json").read_text())
+    assert info["parent"] == str(tiny_run.run.path.resolve()) and info["stage"] == "prune"
+    assert info["pruning"]["criterion"] == "l2" and info["test"]["top1"] == result.top1
+    model, spec = load_model(out)  # rebuilt at the recorded widths, no pickle
+    assert sum(p.numel() for p in model.parameters()) == result.pruning.after.params
+    evaluated = invoke("eval", out, TINY_SHAPES, "--json", "-q")
+    assert evaluated.exit_code == 0 and json.loads(evaluated.output)["top1"] == pytest.approx(result.top1)
+    exported = export_run(out, images=16)
+    assert exported.parity.passed
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--macs", "0.5", "--criterion", "l3"], "unknown criterion 'l3'"),
+        (["--macs", "1.5"], "between 0 and 1"),
+        (["--macs", "0"], "between 0 and 1"),
+        (["--macs", "0.5", "--params", "0.5"], "give one target"),
+        ([], "give one target"),
+    ],
+)
+def test_bad_options_are_one_clear_message(tiny_run, tmp_path, args, fragment):
+    result = invoke("prune", tiny_run.run.path, TINY_SHAPES, "--out", tmp_path / "child", *args)
+    assert result.exit_code == 2 and fragment in result.output, result.output
+    assert not (tmp_path / "child").exists()
+
+
+def test_a_run_without_weights_and_an_existing_output_are_refused(tiny_run, tmp_path):
+    empty = shutil.copytree(tiny_run.run.path, tmp_path / "empty")
+    (empty / "model.safetensors").unlink()
+    result = invoke("prune", empty, TINY_SHAPES, "--macs", "0.5", "--out", tmp_path / "a")
+    assert result.exit_code == 2 and "holds no trained model yet" in result.output
+    taken = tmp_path / "taken"
+    (taken / "keep.txt").parent.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    result = invoke("prune", tiny_run.run.path, TINY_SHAPES, "--macs", "0.5", "--out", taken)
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert (taken / "keep.txt").read_text() == "mine"
+    result = invoke("prune", tiny_run.run.path, TINY_SHAPES, "--macs", "0.5", "--out", taken, "--force")
+    assert result.exit_code == 2 and "not a run folder" in result.output  # --force replaces only run folders
