@@ -21,8 +21,8 @@ def test_a_macs_target_is_met_on_the_rounding_grid_and_the_classes_stay(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7)
     widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    result = prune_model(model, (3, 32, 32), criterion="l2", target="macs", keep=0.5, architecture=name)
-    assert result.kept <= 0.5 and result.kept > 0.35  # stops at the first step past the target
+    result = prune_model(model, (3, 32, 32), criterion="l2", target="macs", goal=0.5, architecture=name)
+    assert 0.35 < result.achieved <= 0.5 and result.reached  # stops at the first step past the target
     assert result.after.params < result.before.params
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
     narrowed = {n: m.out_channels for n, m in model.named_modules()
@@ -35,16 +35,16 @@ def test_bn_and_taylor_criteria_prune_a_params_target(tiny_run):
     images, labels = torch.rand(16, 3, 32, 32), torch.arange(16) % 10
     for criterion in ("bn", "taylor"):
         copy = load_model(tiny_run.run.path)[0]
-        result = prune_model(copy, (3, 32, 32), criterion=criterion, target="params", keep=0.6, round_to=4,
+        result = prune_model(copy, (3, 32, 32), criterion=criterion, target="params", goal=0.6, round_to=4,
                              gradient_batch=(images, labels))  # fmt: skip
-        assert result.kept <= 0.6 and copy(images).shape == (16, 10)
+        assert result.achieved <= 0.6 and copy(images).shape == (16, 10)
         assert all(p.grad is None for p in copy.parameters())  # taylor's gradients are not left behind
 
 
 def test_a_pruned_child_run_loads_evaluates_and_exports(tiny_run, tmp_path):
     out = tmp_path / "child"
     result = prune_run(tiny_run.run.path, TINY_SHAPES, out, macs=0.6, latency_seconds=0.05)
-    assert result.pruning.kept <= 0.6 and set(result.speedup) == {1, 64}
+    assert result.pruning.achieved <= 0.6 and set(result.speedup) == {1, 64}
     info = json.loads((out / "run.json").read_text())
     assert info["parent"] == str(tiny_run.run.path.resolve()) and info["stage"] == "prune"
     assert info["pruning"]["criterion"] == "l2" and info["test"]["top1"] == result.top1
@@ -56,6 +56,19 @@ def test_a_pruned_child_run_loads_evaluates_and_exports(tiny_run, tmp_path):
     assert exported.parity.passed
 
 
+def test_a_speedup_target_is_measured_and_one_out_of_reach_is_said(tiny_run, tmp_path):
+    model = create_model("resnet18", num_classes=10)
+    result = prune_model(model, (3, 64, 64), target="speedup", goal=1.2, latency_batches=(1, 8), latency_seconds=0.1)
+    assert result.reached and result.achieved >= 1.2  # measured: the slowest batch size is 1.2x faster
+    assert set(result.before.latency_ms) == set(result.after.latency_ms) == {1, 8}
+    out = tmp_path / "child"
+    answer = invoke("prune", tiny_run.run.path, TINY_SHAPES, "--speedup", "1000", "--batch", "1", "--out", out)
+    assert answer.exit_code == 0, answer.output
+    assert "the target was not reached" in answer.output and "the most pruned model was kept" in answer.output
+    pruning = json.loads((out / "run.json").read_text())["pruning"]
+    assert pruning["reached"] is False and len(pruning["steps"]) == 40
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
@@ -64,6 +77,8 @@ def test_a_pruned_child_run_loads_evaluates_and_exports(tiny_run, tmp_path):
         (["--macs", "0"], "between 0 and 1"),
         (["--macs", "0.5", "--params", "0.5"], "give one target"),
         ([], "give one target"),
+        (["--speedup", "1"], "more than 1, got 1"),
+        (["--speedup", "2", "--batch", "0"], "--batch takes positive whole numbers"),
     ],
 )
 def test_bad_options_are_one_clear_message(tiny_run, tmp_path, args, fragment):

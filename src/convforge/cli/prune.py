@@ -24,6 +24,10 @@ def prune_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The child run folder to write.")],
     params: Annotated[float | None, typer.Option(help="Share of parameters to keep, like 0.5.")] = None,
     macs: Annotated[float | None, typer.Option(help="Share of MACs to keep, like 0.5.")] = None,
+    speedup: Annotated[
+        float | None, typer.Option(help="Measured speed-up to reach at every --batch size, like 2.0.")
+    ] = None,
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes the latency is measured at.")] = "1,64",
     criterion: Annotated[str, typer.Option(help="l1, l2 (weight magnitude), bn (BatchNorm scale) or taylor.")] = "l2",
     round_to: Annotated[int, typer.Option(help="Keep channel counts multiples of this.")] = 8,
     split: SplitOption = None,
@@ -33,7 +37,9 @@ def prune_command(
     as_json: JsonOption = False,
 ) -> None:
     """Remove whole channels from a run's model (Torch-Pruning's dependency graph) until at most the
-    given share of its parameters or MACs remains, and save it as a child run.
+    given share of its parameters or MACs remains, or until it runs --speedup times faster at every
+    --batch size (latency measured on this machine after each step), and save it as a child run. A
+    speed-up that cannot be reached is said, and the fastest model found is kept.
 
     The child is an ordinary run folder (safetensors weights, the widths of every layer in model.json,
     its parent in run.json) that eval, predict, explain, robust, export, bench and serve load like any
@@ -41,14 +47,21 @@ def prune_command(
     model is not fine-tuned here yet (distillation from the parent comes next); from Python,
     convforge.train(config, out, model=load_model(CHILD)[0]) fine-tunes it.
 
-    Example: convforge prune runs/resnet18 cifar10:data/cifar10 --macs 0.5 --criterion l2 --out runs/r18-half
+    Example: convforge prune runs/resnet18 cifar10:data/cifar10 --speedup 2 --out runs/r18-fast
     """
     output = Output(quiet, as_json)
+    from convforge.cli.bench import parse_batches
     from convforge.cli.tables import prune_table
     from convforge.compress.prune_run import prune_run
 
-    result = prune_run(run_path, data, out, criterion=criterion, params=params, macs=macs, round_to=round_to,
-                       split=split, strict=strict, force=force)  # fmt: skip
+    result = prune_run(run_path, data, out, criterion=criterion, params=params, macs=macs, speedup=speedup,
+                       batches=tuple(parse_batches(batch)), round_to=round_to, split=split, strict=strict,
+                       force=force)  # fmt: skip
+    pruning = result.pruning
+    if not pruning.reached:
+        output.message(f"[yellow]the target was not reached: {pruning.target} {pruning.achieved:.3g} against "
+                       f"{pruning.goal:g} at the largest pruning ratio; the most pruned model was "
+                       "kept[/yellow]")  # fmt: skip
     output.table(prune_table(result.to_dict(), title=f"{run_path} -> {out}"))
     output.message(f"top-1 {percent(result.parent_top1)} -> {percent(result.top1)} before any fine-tuning; "
                    f"child run {out}")  # fmt: skip

@@ -1,9 +1,11 @@
 """Structured pruning: whole channels removed through Torch-Pruning's dependency graph, to a target share
-of parameters or MACs kept.
+of parameters or MACs kept, or to a measured latency speed-up on this machine.
 
 Torch-Pruning finds which layers must lose the same channels (residual additions, depthwise and grouped
 convolutions, concatenations) and narrows them together; convforge chooses the criterion, steps the
-pruner until the target holds, measures each step, and keeps the classifier's outputs. The pruned
+pruner until the target holds, measures each step (for a speed-up target, the latency at each batch
+size with `measure.measure_latency`: FLOPs do not say what a layout or a kernel choice costs), and
+keeps the classifier's outputs. The pruned
 model is an ordinary module with narrower layers: `checkpoint.save_model` records every tensor's
 shape, and `load_model` rebuilds the architecture resized to them (models/resize.py), so a pruned run
 loads without pickle like any other.
@@ -24,11 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from convforge.errors import ConfigError, UserError, did_you_mean
+from convforge.measure.cost import measure_latency
 from convforge.measure.counting import count_macs, count_params
 from convforge.models.factory import model_file_hook
 
 CRITERIA = ("l1", "l2", "bn", "taylor")
-TARGETS = ("params", "macs")
+TARGETS = ("params", "macs", "speedup")
 MAX_STEPS = 40  # the pruner reaches its largest ratio in this many equal steps; the target stops it earlier
 MAX_RATIO = 0.95  # never remove more than this share of a layer's channels
 
@@ -38,13 +41,14 @@ class PruneStep:
     step: int
     params: int
     macs: int
+    latency_ms: dict[int, float] = field(default_factory=dict)  # batch -> p50, for a speed-up target
 
 
 @dataclass
 class PruneResult:
     criterion: str
-    target: str  # params or macs
-    keep: float  # the share of `target` asked to remain
+    target: str  # params, macs or speedup
+    goal: float  # the share of params/MACs to keep, or the speed-up to reach
     round_to: int | None
     before: PruneStep
     steps: list[PruneStep] = field(default_factory=list)
@@ -54,12 +58,22 @@ class PruneResult:
         return self.steps[-1] if self.steps else self.before
 
     @property
-    def kept(self) -> float:
-        """The share of the target quantity that remains."""
+    def achieved(self) -> float:
+        """The share of params/MACs that remains, or the speed-up measured (the slowest batch size's)."""
+        if self.target == "speedup":
+            return measured_speedup(self.before, self.after)
         return getattr(self.after, self.target) / max(getattr(self.before, self.target), 1)
 
+    @property
+    def reached(self) -> bool:
+        return self.achieved >= self.goal if self.target == "speedup" else self.achieved <= self.goal
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "kept": self.kept, "after": asdict(self.after)}
+        return {**asdict(self), "achieved": self.achieved, "reached": self.reached, "after": asdict(self.after)}
+
+
+def measured_speedup(before: PruneStep, after: PruneStep) -> float:
+    return min(before.latency_ms[b] / after.latency_ms[b] for b in before.latency_ms) if before.latency_ms else 1.0
 
 
 def check_criterion(name: str) -> str:
@@ -69,13 +83,15 @@ def check_criterion(name: str) -> str:
     return name
 
 
-def check_target(params: float | None, macs: float | None) -> tuple[str, float]:
-    """(`params` or `macs`, the share to keep) from the two options, exactly one of which is given."""
-    given = [(name, value) for name, value in (("params", params), ("macs", macs)) if value is not None]
+def check_target(params: float | None, macs: float | None, speedup: float | None = None) -> tuple[str, float]:
+    """(`params`, `macs` or `speedup`, its value) from the options, exactly one of which is given."""
+    given = [(n, v) for n, v in (("params", params), ("macs", macs), ("speedup", speedup)) if v is not None]
     if len(given) != 1:
-        raise ConfigError("give one target: --params 0.5 or --macs 0.5 (the share to keep)")
+        raise ConfigError("give one target: --params 0.5 or --macs 0.5 (the share to keep), or --speedup 2.0")
     name, value = given[0]
-    if not 0 < value < 1:
+    if name == "speedup" and not value > 1:
+        raise ConfigError(f"--speedup is how many times faster the pruned model must be: more than 1, got {value:g}")
+    if name != "speedup" and not 0 < value < 1:
         raise ConfigError(f"--{name} is the share to keep, between 0 and 1 (exclusive); got {value:g}")
     return name, value
 
@@ -86,15 +102,20 @@ def prune_model(
     *,
     criterion: str = "l2",
     target: str = "macs",
-    keep: float = 0.5,
+    goal: float = 0.5,
     round_to: int | None = 8,
     architecture: str | None = None,
     gradient_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    latency_batches: tuple[int, ...] = (1, 64),
+    latency_seconds: float = 0.5,
     on_step: Callable[[PruneStep], None] | None = None,
 ) -> PruneResult:
-    """Prune `model` in place until at most `keep` of its `target` (params or MACs at `input_size`)
-    remains, in steps of 1/MAX_STEPS of the largest ratio; channel counts stay multiples of `round_to`.
-    `gradient_batch` (normalised images, labels) is needed by the taylor criterion."""
+    """Prune `model` in place, in steps of 1/MAX_STEPS of the largest ratio, until at most `goal` of its
+    params or MACs (at `input_size`) remains, or until it runs `goal` times faster than before at every
+    batch size of `latency_batches` (measured after each step). Channel counts stay multiples of
+    `round_to`. A target that cannot be reached stops at the largest ratio: `reached` says so and the
+    model is the most pruned (fastest) one found. `gradient_batch` (normalised images, labels) is needed
+    by the taylor criterion."""
     import torch_pruning as tp
 
     check_criterion(criterion)
@@ -102,8 +123,13 @@ def prune_model(
         raise ConfigError("the taylor criterion needs a batch of training images and labels for its gradients")
     model.eval()
     example = torch.zeros(1, *input_size, device=next(model.parameters()).device)
-    result = PruneResult(criterion, target, keep, round_to, _measure(0, model, input_size))
-    goal = keep * getattr(result.before, target)
+    timed = latency_batches if target == "speedup" else ()
+
+    def measured(step: int) -> PruneStep:
+        latency = {b: measure_latency(model, input_size, b, budget_seconds=latency_seconds).p50_ms for b in timed}
+        return PruneStep(step, count_params(model), count_macs(model, input_size), latency)
+
+    result = PruneResult(criterion, target, goal, round_to, measured(0))
     hook = model_file_hook(architecture, "unwrapped_parameters") if architecture else None
     try:
         pruner = tp.pruner.MetaPruner(
@@ -117,11 +143,10 @@ def prune_model(
         if criterion == "taylor":
             _gradients(model, gradient_batch)
         pruner.step()
-        measured = _measure(step, model, input_size)
-        result.steps.append(measured)
+        result.steps.append(measured(step))
         if on_step is not None:
-            on_step(measured)
-        if getattr(measured, target) <= goal:
+            on_step(result.steps[-1])
+        if result.reached:
             break
     model.zero_grad(set_to_none=True)
     return result
@@ -151,7 +176,3 @@ def _gradients(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> No
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         F.cross_entropy(model(images), labels).backward()
-
-
-def _measure(step: int, model: nn.Module, input_size: tuple[int, int, int]) -> PruneStep:
-    return PruneStep(step, count_params(model), count_macs(model, input_size))

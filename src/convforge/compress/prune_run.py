@@ -49,15 +49,18 @@ def prune_run(
     criterion: str = "l2",
     params: float | None = None,
     macs: float | None = None,
+    speedup: float | None = None,
+    batches: tuple[int, ...] = LATENCY_BATCHES,
     round_to: int | None = 8,
     split: str | None = None,
     strict: bool = False,
     force: bool = False,
-    latency_seconds: float = 1.0,
+    latency_seconds: float = 0.5,
 ) -> PruneRunResult:
-    """Prune RUN's model, evaluate parent and child on DATA's test split, time both, write CHILD."""
+    """Prune RUN's model to a share of params or MACs, or to a measured speed-up at `batches`; evaluate
+    parent and child on DATA's test split, time both, write CHILD."""
     check_criterion(criterion)
-    target, keep = check_target(params, macs)
+    target, goal = check_target(params, macs, speedup)
     if round_to is not None and round_to < 1:
         raise UserError(f"--round-to must be at least 1, got {round_to}")
     parent = Run.open(run_path)
@@ -75,14 +78,16 @@ def prune_run(
     input_size = (spec.in_chans, *spec.preprocessing.input_size)
 
     parent_top1 = evaluate(model, test, spec.preprocessing).top1
-    parent_latency = _latency(model, input_size, latency_seconds)
+    parent_latency = _latency(model, input_size, batches, latency_seconds)
     child = copy.deepcopy(model)
-    pruning = prune_model(child, input_size, criterion=criterion, target=target, keep=keep, round_to=round_to,
-                          architecture=spec.architecture, gradient_batch=gradient_batch)  # fmt: skip
+    pruning = prune_model(child, input_size, criterion=criterion, target=target, goal=goal, round_to=round_to,
+                          architecture=spec.architecture, gradient_batch=gradient_batch, latency_batches=batches,
+                          latency_seconds=latency_seconds)  # fmt: skip
     evaluated = evaluate(child, test, spec.preprocessing)
-    latency = {"parent": parent_latency, "child": _latency(child, input_size, latency_seconds)}
+    latency = {"parent": parent_latency, "child": _latency(child, input_size, batches, latency_seconds)}
     result = PruneRunResult(out, pruning, parent_top1, evaluated.top1, latency)
-    config = {"data": data, "criterion": criterion, "target": target, "keep": keep, "round_to": round_to}
+    config = {"data": data, "criterion": criterion, "target": target, "goal": goal, "round_to": round_to,
+              "batches": list(batches)}
     if force:
         remove_run_folder(out)
     run = Run.create(out, command="convforge prune", stage="prune", config=config, parent=parent.path)
@@ -104,8 +109,8 @@ def _taylor_batch(dataset, spec, data: str) -> tuple[torch.Tensor, torch.Tensor]
     return images, torch.as_tensor(train.labels[positions], dtype=torch.long)
 
 
-def _latency(model: torch.nn.Module, input_size, seconds: float) -> dict[int, float]:
-    return {b: measure_latency(model, input_size, b, budget_seconds=seconds).p50_ms for b in LATENCY_BATCHES}
+def _latency(model: torch.nn.Module, input_size, batches, seconds: float) -> dict[int, float]:
+    return {b: measure_latency(model, input_size, b, budget_seconds=seconds).p50_ms for b in batches}
 
 
 def _check_round_trip(folder: Path, model: torch.nn.Module, input_size) -> None:
