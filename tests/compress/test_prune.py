@@ -69,6 +69,19 @@ def test_a_speedup_target_is_measured_and_one_out_of_reach_is_said(tiny_run, tmp
     assert pruning["reached"] is False and len(pruning["steps"]) == 40
 
 
+def test_finetune_distils_the_child_from_its_parent(tiny_run, tmp_path):
+    out = tmp_path / "child"
+    result = prune_run(tiny_run.run.path, TINY_SHAPES, out, macs=0.6, finetune=1, latency_seconds=0.05)
+    info = json.loads((out / "run.json").read_text())
+    assert info["stage"] == "prune" and info["parent"] == str(tiny_run.run.path.resolve())
+    assert info["config"]["teacher"] == str(tiny_run.run.path.resolve()) and info["config"]["epochs"] == 1
+    assert info["config"]["lr"] == pytest.approx(json.loads((tiny_run.run.path / "run.json").read_text())
+                                                 ["config"]["lr"] / 10)  # fmt: skip
+    model, _ = load_model(out)
+    assert sum(p.numel() for p in model.parameters()) == result.pruning.after.params
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "prune"
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

@@ -30,6 +30,12 @@ def prune_command(
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes the latency is measured at.")] = "1,64",
     criterion: Annotated[str, typer.Option(help="l1, l2 (weight magnitude), bn (BatchNorm scale) or taylor.")] = "l2",
     round_to: Annotated[int, typer.Option(help="Keep channel counts multiples of this.")] = 8,
+    finetune: Annotated[
+        int, typer.Option(help="Epochs of recovery training on DATA, distilled from the parent (0: none).")
+    ] = 0,
+    finetune_lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the recovery (default: a tenth of the parent's).")
+    ] = None,
     split: SplitOption = None,
     strict: StrictOption = False,
     force: Annotated[bool, typer.Option(help="Replace the run folder --out if it exists.")] = False,
@@ -43,9 +49,9 @@ def prune_command(
 
     The child is an ordinary run folder (safetensors weights, the widths of every layer in model.json,
     its parent in run.json) that eval, predict, explain, robust, export, bench and serve load like any
-    other. Top-1 on DATA and latency at batch 1 and 64 are measured for parent and child. The pruned
-    model is not fine-tuned here yet (distillation from the parent comes next); from Python,
-    convforge.train(config, out, model=load_model(CHILD)[0]) fine-tunes it.
+    other. Top-1 on DATA and latency at batch 1 and 64 are measured for parent and child. --finetune N
+    retrains the child for N epochs on DATA with the parent's recipe (a tenth of its learning rate) and
+    the parent as teacher: the student learns the parent's predictions (`convforge train --teacher`).
 
     Example: convforge prune runs/resnet18 cifar10:data/cifar10 --speedup 2 --out runs/r18-fast
     """
@@ -55,16 +61,16 @@ def prune_command(
     from convforge.compress.prune_run import prune_run
 
     result = prune_run(run_path, data, out, criterion=criterion, params=params, macs=macs, speedup=speedup,
-                       batches=tuple(parse_batches(batch)), round_to=round_to, split=split, strict=strict,
-                       force=force)  # fmt: skip
+                       batches=tuple(parse_batches(batch)), round_to=round_to, finetune=finetune,
+                       finetune_lr=finetune_lr, split=split, strict=strict, force=force)  # fmt: skip
     pruning = result.pruning
     if not pruning.reached:
         output.message(f"[yellow]the target was not reached: {pruning.target} {pruning.achieved:.3g} against "
                        f"{pruning.goal:g} at the largest pruning ratio; the most pruned model was "
                        "kept[/yellow]")  # fmt: skip
     output.table(prune_table(result.to_dict(), title=f"{run_path} -> {out}"))
-    output.message(f"top-1 {percent(result.parent_top1)} -> {percent(result.top1)} before any fine-tuning; "
-                   f"child run {out}")  # fmt: skip
+    stage = f"after {finetune} epoch(s) of distillation" if finetune else "before any fine-tuning"
+    output.message(f"top-1 {percent(result.parent_top1)} -> {percent(result.top1)} {stage}; child run {out}")
     output.result(result.to_dict())
 
 

@@ -108,6 +108,15 @@ def train_command(
         str, typer.Option("--eps", help="Adversarial training budget (L-inf, on [0, 1] pixels): 8/255 or 0.031.")
     ] = "8/255",
     adv_steps: Annotated[int, typer.Option(help="PGD steps per batch in adversarial training.")] = _D.adv_steps,
+    teacher: Annotated[
+        Path | None, typer.Option(help="Distil from this run's model: learn its softened predictions.")
+    ] = None,
+    kd_alpha: Annotated[
+        float, typer.Option(help="With --teacher: the labels' share of the loss (0: the teacher's targets alone).")
+    ] = _D.kd_alpha,
+    kd_temperature: Annotated[float, typer.Option(help="With --teacher: the softening temperature.")] = (
+        _D.kd_temperature
+    ),
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<model>).")
     ] = None,
@@ -167,8 +176,9 @@ def train_command(
             sched=sched, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
             crop=crop, img_size=img_size, ema=ema, clip_grad=clip_grad, amp=amp, compile=compile, device=device,
             seed=seed, deterministic=deterministic, val_fraction=val_fraction, strict=strict, max_pixels=max_pixels,
-            workers=workers, adv=adv, adv_steps=adv_steps,
+            workers=workers, adv=adv, adv_steps=adv_steps, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
         ).items()},  # fmt: skip
+        "teacher": ("teacher", str(teacher.resolve()) if teacher is not None else None),
         "hflip": ("hflip", None if hflip is None else (0.5 if hflip else 0.0)),
         "adv_eps": ("eps", parse_epsilon(eps)),
         "checkpoint_every": ("checkpoint_every", _duration(checkpoint_every)),

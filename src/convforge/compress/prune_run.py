@@ -18,6 +18,8 @@ from convforge.data.transforms import eval_transform
 from convforge.errors import UserError
 from convforge.measure.cost import measure_latency
 from convforge.runs import WEIGHTS_FILE, Run, check_free, check_replaceable, remove_run_folder
+from convforge.train.config import TrainConfig
+from convforge.train.engine import train
 from convforge.train.evaluate import evaluate
 
 LATENCY_BATCHES = (1, 64)
@@ -52,17 +54,22 @@ def prune_run(
     speedup: float | None = None,
     batches: tuple[int, ...] = LATENCY_BATCHES,
     round_to: int | None = 8,
+    finetune: int = 0,
+    finetune_lr: float | None = None,
     split: str | None = None,
     strict: bool = False,
     force: bool = False,
     latency_seconds: float = 0.5,
 ) -> PruneRunResult:
-    """Prune RUN's model to a share of params or MACs, or to a measured speed-up at `batches`; evaluate
+    """Prune RUN's model to a share of params or MACs, or to a measured speed-up at `batches`; with
+    `finetune` epochs, retrain it on DATA with RUN as its teacher (distillation, train/distill.py); evaluate
     parent and child on DATA's test split, time both, write CHILD."""
     check_criterion(criterion)
     target, goal = check_target(params, macs, speedup)
     if round_to is not None and round_to < 1:
         raise UserError(f"--round-to must be at least 1, got {round_to}")
+    if finetune < 0:
+        raise UserError(f"--finetune is a number of epochs, 0 or more; got {finetune}")
     parent = Run.open(run_path)
     if not parent.has_model:
         raise UserError(f"{parent.path} holds no trained model yet (no {WEIGHTS_FILE}); train it first")
@@ -83,11 +90,20 @@ def prune_run(
     pruning = prune_model(child, input_size, criterion=criterion, target=target, goal=goal, round_to=round_to,
                           architecture=spec.architecture, gradient_batch=gradient_batch, latency_batches=batches,
                           latency_seconds=latency_seconds)  # fmt: skip
+    config = {"data": data, "criterion": criterion, "target": target, "goal": goal, "round_to": round_to,
+              "batches": list(batches), "finetune": finetune}
+    if finetune:  # train writes the child run folder; then it becomes a pruning stage of the parent
+        trained = train(_finetune_config(parent, spec, data, finetune, finetune_lr), out, model=child,
+                        command="convforge prune", force=force)  # fmt: skip
+        child = load_model(trained.run.path)[0]  # the best epoch, at the pruned widths
+        run = trained.run
+        run.update(stage="prune", parent=str(parent.path.resolve()), pruning=pruning.to_dict(), prune_config=config)
     evaluated = evaluate(child, test, spec.preprocessing)
     latency = {"parent": parent_latency, "child": _latency(child, input_size, batches, latency_seconds)}
     result = PruneRunResult(out, pruning, parent_top1, evaluated.top1, latency)
-    config = {"data": data, "criterion": criterion, "target": target, "goal": goal, "round_to": round_to,
-              "batches": list(batches)}
+    if finetune:
+        run.append_metrics({"kind": "prune", **result.to_dict()})
+        return result
     if force:
         remove_run_folder(out)
     run = Run.create(out, command="convforge prune", stage="prune", config=config, parent=parent.path)
@@ -100,6 +116,16 @@ def prune_run(
         remove_run_folder(run.path)  # nothing half-written under the name the user chose
         raise
     return result
+
+
+def _finetune_config(parent: Run, spec, data: str, epochs: int, lr: float | None) -> TrainConfig:
+    """The parent's training recipe, shortened to `epochs` without warm-up, at a tenth of its learning rate
+    unless `lr` is given, with the parent as teacher."""
+    recipe = {k: v for k, v in (parent.info.get("config") or {}).items() if k in TrainConfig.__dataclass_fields__}
+    recipe.update(data=data, model=spec.architecture, model_kwargs=dict(spec.model_kwargs), epochs=epochs,
+                  warmup_epochs=0, teacher=str(parent.path.resolve()), pretrained=False)  # fmt: skip
+    recipe["lr"] = lr if lr is not None else recipe.get("lr", TrainConfig.lr) / 10
+    return TrainConfig(**recipe)
 
 
 def _taylor_batch(dataset, spec, data: str) -> tuple[torch.Tensor, torch.Tensor]:

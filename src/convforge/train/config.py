@@ -37,7 +37,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "augmentation": ("mixup", "cutmix", "crop", "pad", "hflip", "img_size"),
     "adversarial": ("adv", "adv_eps", "adv_steps", "adv_step_size", "adv_val_images"),
     "machine": ("amp", "channels_last", "skip_padding_taps", "compile", "device", "eval_batch_size"),
-    "distillation": (),  # the teacher and its loss weights join here with the compress work
+    "distillation": ("teacher", "kd_alpha", "kd_temperature"),
 }
 
 
@@ -87,6 +87,10 @@ class TrainConfig:
     adv_steps: int = 7  # PGD steps (fgsm: 1)
     adv_step_size: float | None = None  # default: 2.5 eps / steps for pgd, 1.25 eps for fgsm
     adv_val_images: int = 512  # validation images attacked each epoch for the robust accuracy
+    # Distillation: a teacher run whose softened predictions the student learns (train/distill.py)
+    teacher: str | None = None
+    kd_alpha: float = 0.0  # weight of the loss on the labels; 1 - kd_alpha goes to the teacher's soft targets
+    kd_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         # imported here: the CLI reads this class's defaults without importing timm or torch
@@ -120,6 +124,10 @@ class TrainConfig:
             problems.append(f"hflip is a probability in [0, 1], got {self.hflip}")
         if self.img_size is not None and self.img_size < 8:
             problems.append(f"img_size must be at least 8, got {self.img_size}")
+        if not 0 <= self.kd_alpha <= 1:
+            problems.append(f"kd_alpha is the labels' share of the loss, in [0, 1]; got {self.kd_alpha}")
+        if self.kd_temperature <= 0:
+            problems.append(f"kd_temperature must be positive, got {self.kd_temperature}")
         if self.adv is not None:
             if self.adv not in ADVERSARIAL_CHOICES:
                 problems.append(f"adv must be one of {ADVERSARIAL_CHOICES}, got {self.adv!r}")

@@ -166,7 +166,8 @@ class _Trainer:
         # fp16 needs loss scaling; a disabled scaler passes everything through (bf16, fp32)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_fn = build_loss(config, self.augment.soft_targets)
-        self.hooks = build_step_hooks(config, self.preprocessing)
+        self.hooks = build_step_hooks(config, self.preprocessing, list(data.classes), self.device)
+        self.hard_label_weight = math.prod(hook.hard_label_weight() for hook in self.hooks)
         self.start_epoch, self.best_epoch, self.best_val = 0, 0, None
         self.position: EpochPosition | None = None  # where a mid-epoch checkpoint left off
         self.train_seconds = 0.0  # training time embodied in the weights, summed over resumes
@@ -337,9 +338,10 @@ class _Trainer:
                     inputs = hook.transform_inputs(self.step_model, inputs, labels, generator)
             with autocast_context(self.device, self.amp_dtype):
                 logits = self.step_model(inputs)
-            loss = self.loss_fn(logits.float(), targets)
+            loss = self.loss_fn(logits.float(), targets) * self.hard_label_weight
             for hook in self.hooks:
-                extra = hook.extra_loss(inputs, logits, targets)
+                with autocast_context(self.device, self.amp_dtype):  # a teacher runs in the run's precision
+                    extra = hook.extra_loss(inputs, logits, targets)
                 loss = loss if extra is None else loss + extra
             self._optimizer_step(loss, updates_before + step)
             meter.add(loss, logits, labels if targets.ndim == 1 else targets.argmax(dim=1))

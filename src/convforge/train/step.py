@@ -3,9 +3,9 @@ backward-and-step.
 
 A step hook changes a step without another `if` in the engine: it may transform the batch before
 the forward pass (adversarial training replaces it with its attacked copy), add a term to the loss
-(distillation adds the teacher's), and report metrics at each validation. Hooks run in list order;
-the engine builds the list from the config (`build_step_hooks`). Distillation lives here, in
-`train/`, when it comes: compress only builds the teacher and calls `train`.
+(distillation adds the teacher's and moves weight off the labels), and report metrics at each
+validation. Hooks run in list order; the engine builds the list from the config (`build_step_hooks`).
+Distillation (train/distill.py) lives in `train/`: compress only names the teacher and calls `train`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ class StepHook:
         """The batch the model trains on (normalised, augmented), under the run's autocast."""
         return inputs
 
+    def hard_label_weight(self) -> float:
+        """The weight of the loss on the labels (distillation moves the rest onto the teacher's)."""
+        return 1.0
+
     def extra_loss(self, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         """A term added to the loss of this batch (float32 scalar), or None."""
         return None
@@ -39,13 +43,19 @@ class StepHook:
         return {}
 
 
-def build_step_hooks(config: TrainConfig, preprocessing: Preprocessing) -> list[StepHook]:
+def build_step_hooks(
+    config: TrainConfig, preprocessing: Preprocessing, classes: list[str], device: torch.device
+) -> list[StepHook]:
     """The hooks a config asks for, in the order they run."""
     hooks: list[StepHook] = []
     if config.adv:
         from convforge.train.adversarial import Adversary
 
         hooks.append(Adversary(config, preprocessing))
+    if config.teacher:
+        from convforge.train.distill import Distiller
+
+        hooks.append(Distiller(config, preprocessing, classes, device))
     return hooks
 
 
