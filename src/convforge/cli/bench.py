@@ -5,19 +5,9 @@ from typing import Annotated
 
 import typer
 
-from convforge.cli.common import JsonOption, Output, QuietOption, user_errors
+from convforge.cli.common import JsonOption, Output, QuietOption, parse_batches, user_errors
 from convforge.cli.tables import bench_table
 from convforge.errors import ConfigError
-
-
-def parse_batches(text: str) -> list[int]:
-    """'1,8,64' -> [1, 8, 64]; anything else is a ConfigError that says what is wrong."""
-    batches = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part.isdigit() or int(part) < 1:
-            raise ConfigError(f"--batch takes positive whole numbers separated by commas, like 1,8,64; got {part!r}")
-        batches.append(int(part))
-    return list(dict.fromkeys(batches))
 
 
 @user_errors

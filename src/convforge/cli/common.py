@@ -140,3 +140,13 @@ def onnx_overrides(classes: str | None, mean: str | None, std: str | None, size:
 
     names = [name.strip() for name in classes.split(",")] if classes else None
     return {"classes": names, "mean": floats(mean, "--mean"), "std": floats(std, "--std"), "size": size}
+
+
+def parse_batches(text: str) -> list[int]:
+    """'1,8,64' -> [1, 8, 64]; anything else is a ConfigError that says what is wrong."""
+    batches = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigError(f"--batch takes positive whole numbers separated by commas, like 1,8,64; got {part!r}")
+        batches.append(int(part))
+    return list(dict.fromkeys(batches))

@@ -12,6 +12,7 @@ from convforge.cli.common import (
     QuietOption,
     SplitOption,
     StrictOption,
+    parse_batches,
     percent,
     user_errors,
 )
@@ -56,7 +57,6 @@ def prune_command(
     Example: convforge prune runs/resnet18 cifar10:data/cifar10 --speedup 2 --out runs/r18-fast
     """
     output = Output(quiet, as_json)
-    from convforge.cli.bench import parse_batches
     from convforge.cli.tables import prune_table
     from convforge.compress.prune_run import prune_run
 
