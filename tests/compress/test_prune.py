@@ -30,6 +30,28 @@ def test_a_macs_target_is_met_on_the_rounding_grid_and_the_classes_stay(name):
     assert narrowed and all(width % 8 == 0 for width in narrowed.values()), narrowed
 
 
+@pytest.mark.parametrize("name", ["convnext_atto", "ghostnetv2_100", "unireplknet_a"])
+def test_zoo_and_modern_blocks_prune_and_still_train(name):
+    """Layer scale, GRN (UniRepLKNet's unwrapped_parameters hook), ghost modules, depthwise convolutions."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5)
+    result = prune_model(model, (3, 64, 64), target="macs", goal=0.6, architecture=name)
+    assert result.reached and result.after.params < result.before.params
+    model.train()
+    loss = model(torch.randn(2, 3, 64, 64)).logsumexp(dim=1).mean()
+    loss.backward()  # one training step's gradients flow through the narrowed layers
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["resnet18_ibn_a", "hornet_tiny_7x7"])
+def test_a_model_the_graph_cannot_follow_is_refused_with_a_reason(name):
+    from convforge.errors import UserError
+
+    model = create_model(name, num_classes=5)
+    with pytest.raises(UserError, match=f"pruning {name} failed or broke its forward pass .* cannot be pruned yet"):
+        prune_model(model, (3, 64, 64), target="macs", goal=0.6, architecture=name)
+
+
 def test_bn_and_taylor_criteria_prune_a_params_target(tiny_run):
     model, spec = load_model(tiny_run.run.path)
     images, labels = torch.rand(16, 3, 32, 32), torch.arange(16) % 10
