@@ -147,9 +147,9 @@ def prune_model(
             result.steps.append(measured(step))  # runs the pruned model: a missed channel coupling fails here
         except Exception as exc:  # noqa: BLE001 - shape errors come as many types
             raise UserError(
-                f"pruning {architecture or type(model).__name__} failed or broke its forward pass ({type(exc).__name__}: "
-                f"{str(exc)[:200]}): Torch-Pruning's dependency graph misses a channel coupling in it (a split "
-                "or a per-channel buffer), so it cannot be pruned yet"
+                f"pruning {architecture or type(model).__name__} failed or broke its forward pass "
+                f"({type(exc).__name__}: {str(exc)[:200]}): Torch-Pruning's dependency graph misses a channel "
+                "coupling in it (a split or a per-channel buffer), so it cannot be pruned yet"
             ) from None
         if on_step is not None:
             on_step(result.steps[-1])
