@@ -8,6 +8,12 @@ than the server can take, with a small --max-queue, to see 503s answered fast an
 The decode/preprocess share of a request comes from the server's own stage timings (/metrics).
 
     python benchmarks/serve_load.py RUN [--backend ort] [--requests 3000] [--concurrency 32]
+    python benchmarks/serve_load.py RUN --ceiling [--requests 4000]
+
+--ceiling measures what HTTP alone allows here instead: the same server (in a process of its own) with a
+model that costs nothing (zeros), with small images decoded on the event loop and, for comparison,
+all of them handed to the decode pool; and the CPU each HTTP client library spends per request
+(httpx and aiohttp, GET /healthz, 2,000 requests at concurrency 32).
 
 The load generator shares this machine's cores with the server (2 here): its CPU time is part of
 what the server figures pay, and not of the raw model's. Writes benchmarks/out/serve_load.json.
@@ -16,10 +22,13 @@ what the server figures pay, and not of the raw model's. Writes benchmarks/out/s
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
 import statistics
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -28,7 +37,7 @@ import httpx
 import numpy as np
 import torch
 
-from convforge.deploy.load import run_load, serve_process
+from convforge.deploy.load import free_port, run_load, serve_process, wait_ready
 from convforge.deploy.predict import image_tensor
 from convforge.deploy.serving import open_serving_model
 from convforge.runs import describe_hardware, hardware_fingerprint
@@ -95,6 +104,71 @@ def serve_and_load(run, images, args, extra: list[str], concurrency: int, reques
             "rss_mb": memory}  # fmt: skip
 
 
+_ZERO_SERVER = """
+import sys, numpy as np, uvicorn
+from convforge.checkpoint import read_model_spec
+from convforge.deploy.backends import Backend
+from convforge.deploy.server import ServeSettings, create_app
+from convforge.deploy.serving import ServingModel
+spec = read_model_spec(sys.argv[1])
+zeros = Backend("zeros", lambda x: np.zeros((len(x), len(spec.classes)), np.float32))
+settings = ServeSettings(inline_decode_bytes=int(sys.argv[3]))
+uvicorn.run(create_app(ServingModel("zeros", spec, zeros), settings), host="127.0.0.1", port=int(sys.argv[2]),
+            log_level="warning", access_log=False)
+"""
+
+
+def ceiling(run: str, images, requests: int, concurrency: int) -> dict:
+    """Images per second of the server with a model that costs nothing, small images decoded inline
+    (8 KB, the default) and all sent to the pool (0), and each client library's CPU per request."""
+    results = {}
+    for inline in (8192, 0):
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-c", _ZERO_SERVER, run, str(port), str(inline)])
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", alive=lambda process=server: process.poll() is None)
+            url = f"http://127.0.0.1:{port}"
+            run_load(f"{url}/v1/predict", images, requests=300, concurrency=concurrency)
+            load = run_load(f"{url}/v1/predict", images, requests=requests, concurrency=concurrency)
+            results[f"inline_decode_{inline}"] = load.to_dict()
+            if inline:
+                results["client_cpu_ms_per_request"] = {name: client_cpu(name, f"{url}/healthz", 2000, concurrency)
+                                                        for name in ("httpx", "aiohttp")}  # fmt: skip
+        finally:
+            server.terminate()
+            server.wait(30)
+    return results
+
+
+def client_cpu(library: str, url: str, requests: int, concurrency: int) -> float:
+    """CPU milliseconds this process spends per GET with `library`'s async client."""
+
+    async def with_httpx() -> None:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits) as client:
+            await asyncio.gather(*(loop(lambda: client.get(url)) for _ in range(concurrency)))
+
+    async def with_aiohttp() -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            async def get():
+                async with session.get(url) as response:
+                    await response.read()
+
+            await asyncio.gather(*(loop(get) for _ in range(concurrency)))
+
+    counter = iter(range(requests))
+
+    async def loop(call) -> None:
+        for _ in counter:
+            await call()
+
+    started = time.process_time()
+    asyncio.run(with_httpx() if library == "httpx" else with_aiohttp())
+    return (time.process_time() - started) * 1000 / requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
@@ -104,12 +178,22 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None, help="model threads (default: all cores)")
+    parser.add_argument("--ceiling", action="store_true", help="HTTP alone: a zero-cost model, client CPU")
     args = parser.parse_args()
     out = ROOT / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
     images = cifar_jpegs(args.images)
     hardware = describe_hardware(hardware_fingerprint())
     print(f"{Path(args.run).name}, backend {args.backend}, {len(images)} CIFAR-10 test JPEGs; {hardware}")
+    if args.ceiling:
+        found = ceiling(args.run, images, args.requests, args.concurrency)
+        for inline in (8192, 0):
+            r = found[f"inline_decode_{inline}"]
+            print(f"zero-cost model, --inline-decode-kb {inline / 1024:g}: {r['images_per_second']:.0f} img/s, "
+                  f"p50 {r['latency_ms'].get('p50', 0):.1f} ms, statuses {r['statuses']}")  # fmt: skip
+        print(f"client CPU per request (ms): {found['client_cpu_ms_per_request']}")
+        (out / "serve_ceiling.json").write_text(json.dumps({**found, "hardware": hardware}, indent=2))
+        return
 
     results = {"raw_images_per_second": raw_model(args.run, args.backend, images, args.max_batch, 3.0)}
     setups = {"batched": ["--max-batch", str(args.max_batch)], "unbatched": ["--max-batch", "1"]}

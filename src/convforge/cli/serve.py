@@ -94,9 +94,10 @@ def serve_command(
     from convforge.deploy.launch import Launch, build_app, check_address, check_options, run
     from convforge.deploy.server import ServeSettings
 
-    (backend_name,) = parse_backends(backend) if "," not in backend else (None,)
-    if backend_name is None:
+    names = parse_backends(backend)
+    if len(names) != 1:
         raise ConfigError("--backend takes one backend; a server runs one model")
+    backend_name = names[0]
     settings = ServeSettings(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
                              timeout_ms=timeout_ms, max_request_bytes=int(max_request_mb * 2**20),
                              max_images=max_images, max_pixels=max_pixels, top_k=top_k,
@@ -110,12 +111,12 @@ def serve_command(
                     settings.to_dict(),
                     onnx_overrides(classes, mean, std, size), access_log, graceful_seconds)  # fmt: skip
     app, model = build_app(launch)  # in this process too: a mistake is said here, once, before workers start
-    if workers > 1:
-        app = None  # each worker loads its own
     described = model.describe()
+    if workers > 1:
+        app = model = None  # each worker loads its own; the supervisor keeps no copy
     output.message(
-        f"serving {described['name']} ({described['architecture']}, {len(model.classes)} classes) with "
-        f"{model.backend.name}{' from ' + described['file'] if described['file'] else ''} on {launch.device}\n"
+        f"serving {described['name']} ({described['architecture']}, {len(described['classes'])} classes) with "
+        f"{described['backend']}{' from ' + described['file'] if described['file'] else ''} on {launch.device}\n"
         f"  {workers} worker(s) x {launch.threads_per_worker} model thread(s); batches of up to {max_batch} "
         f"images within {max_delay_ms:g} ms; queue {max_queue} images; deadline {timeout_ms:g} ms\n"
         f"  limits per request: {max_request_mb:g} MB, {max_images} images, {max_pixels:,} pixels per image\n"

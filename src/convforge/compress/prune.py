@@ -31,7 +31,6 @@ from convforge.measure.counting import count_macs, count_params
 from convforge.models.factory import model_file_hook
 
 CRITERIA = ("l1", "l2", "bn", "taylor")
-TARGETS = ("params", "macs", "speedup")
 MAX_STEPS = 40  # the pruner reaches its largest ratio in this many equal steps; the target stops it earlier
 MAX_RATIO = 0.95  # never remove more than this share of a layer's channels
 

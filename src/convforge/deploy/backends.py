@@ -28,7 +28,7 @@ from torch import nn
 from convforge.checkpoint import ModelSpec
 from convforge.device import cpu_has_fast_bf16
 from convforge.errors import ConfigError, did_you_mean
-from convforge.runs import ARTIFACTS_DIR, INT8_ONNX_FILE, ONNX_FILE, RUN_FILE, Run
+from convforge.runs import ARTIFACTS_DIR, INT8_ONNX_FILE, ONNX_FILE, RUN_FILE, WEIGHTS_FILE, Run
 
 BACKENDS = ("torch", "torch-bf16", "ort", "ort-int8")
 
@@ -116,15 +116,19 @@ class BackendModule(nn.Module):
         return torch.from_numpy(self.backend.run(images)).to(images.device)
 
 
-def run_backend(run: Run, model: nn.Module, name: str, *, threads: int | None = None) -> nn.Module:
-    """One of a run's backends as a module: `model` itself for torch, else `model` under bf16 autocast or
-    the run's exported file in ONNX Runtime (`BackendUnavailable` when that file does not exist yet)."""
-    if name == "torch":
-        return model
-    if name == "torch-bf16":
-        return BackendModule(torch_backend(model, bf16=True))
+def run_backend_runner(run: Run, model: nn.Module, name: str, *, threads: int | None = None,
+                       spinning: bool = True) -> Backend:  # fmt: skip
+    """One of a run's backends: `model` in float32 or under bf16 autocast, or the run's exported file in
+    ONNX Runtime (`BackendUnavailable` when that file does not exist yet, or bf16 cannot run here)."""
+    if name in ("torch", "torch-bf16"):
+        return torch_backend(model, bf16=name == "torch-bf16", file=str(run.path / WEIGHTS_FILE))
     file = run.artifact(INT8_ONNX_FILE if name == "ort-int8" else ONNX_FILE)
-    return BackendModule(ort_backend(file, name=name, threads=threads))
+    return ort_backend(file, name=name, threads=threads, spinning=spinning)
+
+
+def run_backend(run: Run, model: nn.Module, name: str, *, threads: int | None = None) -> nn.Module:
+    """A run's backend as a module (`model` itself for torch), for code written for PyTorch models."""
+    return model if name == "torch" else BackendModule(run_backend_runner(run, model, name, threads=threads))
 
 
 def file_backend(path: str | os.PathLike) -> str:

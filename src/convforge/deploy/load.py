@@ -2,10 +2,9 @@
 to aim it at.
 
 The generator shares the machine with the server it loads, so its own cost per request decides what
-can be measured. On the 2-core development machine httpx's AsyncClient spent 2.2 ms of CPU per request
-(400 requests/s at most, against a /healthz that uvicorn answers in 0.27 ms) and aiohttp's client
-0.14 ms (2,900 requests/s): with httpx the figures would measure the client. Tests still talk to the
-server with httpx, one request at a time.
+can be measured. On the 2-core development machine httpx's AsyncClient spent 2.5 ms of CPU per GET and
+aiohttp's client 0.07 ms (`benchmarks/serve_load.py RUN --ceiling`): with httpx the figures would
+measure the client. Tests still talk to the server with httpx, one request at a time.
 
 `run_load` sends `requests` POSTs of image files, `concurrency` at a time, stopping after that many or
 after `max_seconds`, whichever comes first, and reports what a user of the server sees: answers per

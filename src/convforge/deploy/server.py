@@ -175,7 +175,7 @@ def create_app(model: ServingModel, settings: ServeSettings) -> FastAPI:
 
     async def decode(item: ImageInput, loop: asyncio.AbstractEventLoop):
         """On the decode pool; a small image on the event loop itself, where decoding it costs less than
-        the hand-over to a thread (measured: 1,264 -> 1,686 requests/s of 1-2 KB JPEGs on 2 cores). Small
+        the hand-over to a thread (1,253 -> 1,980 requests/s of 1-2 KB JPEGs on 2 cores, serve_load --ceiling). Small
         means in bytes and in declared pixels: a small file can still declare a huge image."""
         data = item.data
         if data is None or (len(data) <= settings.inline_decode_bytes

@@ -14,10 +14,10 @@ from convforge.deploy.backends import (
     BackendUnavailable,
     file_backend,
     ort_backend,
-    torch_backend,
+    run_backend_runner,
 )
 from convforge.errors import ConfigError, UserError
-from convforge.runs import INT8_ONNX_FILE, MODEL_FILE, ONNX_FILE, WEIGHTS_FILE, Run
+from convforge.runs import MODEL_FILE, WEIGHTS_FILE, Run
 
 
 @dataclass
@@ -76,11 +76,7 @@ def open_serving_model(
         if not run.has_model:
             raise UserError(f"{run.path} holds no trained model yet (no {WEIGHTS_FILE}); train it first")
         model, spec = load_model(run.path, device=device)
-        if backend in ("torch", "torch-bf16"):
-            runner = torch_backend(model, bf16=backend == "torch-bf16", file=str(run.path / WEIGHTS_FILE))
-        else:
-            file = run.artifact(INT8_ONNX_FILE if backend == "ort-int8" else ONNX_FILE)
-            runner = ort_backend(file, name=backend, threads=threads, spinning=False)
+        runner = run_backend_runner(run, model, backend, threads=threads, spinning=False)
     except BackendUnavailable as exc:
         raise ConfigError(f"backend {backend} cannot run here: {exc}") from None
     return ServingModel(run.name, spec, runner, run_lineage(run))
