@@ -58,7 +58,7 @@ def test_bn_and_taylor_criteria_prune_a_params_target(tiny_run):
     for criterion in ("bn", "taylor"):
         copy = load_model(tiny_run.run.path)[0]
         result = prune_model(copy, (3, 32, 32), criterion=criterion, target="params", goal=0.6, round_to=4,
-                             gradient_batch=(images, labels))  # fmt: skip
+                             data_batch=(images, labels))  # fmt: skip
         assert result.achieved <= 0.6 and copy(images).shape == (16, 10)
         assert all(p.grad is None for p in copy.parameters())  # taylor's gradients are not left behind
 

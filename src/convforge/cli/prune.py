@@ -21,7 +21,9 @@ from convforge.cli.common import (
 @user_errors
 def prune_command(
     run_path: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder with a trained model.")],
-    data: Annotated[str, typer.Argument(help="Dataset spec to evaluate on (and, for taylor, to take gradients on).")],
+    data: Annotated[
+        str, typer.Argument(help="Dataset spec to evaluate on (taylor and lrp score channels on its train split).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The child run folder to write.")],
     params: Annotated[float | None, typer.Option(help="Share of parameters to keep, like 0.5.")] = None,
     macs: Annotated[float | None, typer.Option(help="Share of MACs to keep, like 0.5.")] = None,
@@ -29,7 +31,9 @@ def prune_command(
         float | None, typer.Option(help="Measured speed-up to reach at every --batch size, like 2.0.")
     ] = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes the latency is measured at.")] = "1,64",
-    criterion: Annotated[str, typer.Option(help="l1, l2 (weight magnitude), bn (BatchNorm scale) or taylor.")] = "l2",
+    criterion: Annotated[
+        str, typer.Option(help="l1, l2 (weight magnitude), bn (BatchNorm scale), taylor, lrp (relevance).")
+    ] = "l2",
     round_to: Annotated[int, typer.Option(help="Keep channel counts multiples of this.")] = 8,
     finetune: Annotated[
         int, typer.Option(help="Epochs of recovery training on DATA, distilled from the parent (0: none).")
@@ -50,7 +54,9 @@ def prune_command(
 
     The child is an ordinary run folder (safetensors weights, the widths of every layer in model.json,
     its parent in run.json) that eval, predict, explain, robust, export, bench and serve load like any
-    other. Top-1 on DATA and latency at batch 1 and 64 are measured for parent and child. --finetune N
+    other. Top-1 on DATA and latency at batch 1 and 64 are measured for parent and child. --criterion lrp
+    scores channels by their LRP relevance ("Pruning by Explaining": zennit, `pip install
+    'convforge[lrp]'`) on 128 training images, ranked across layers. --finetune N
     retrains the child for N epochs on DATA with the parent's recipe (a tenth of its learning rate) and
     the parent as teacher: the student learns the parent's predictions (`convforge train --teacher`).
 
@@ -64,6 +70,8 @@ def prune_command(
                        batches=tuple(parse_batches(batch)), round_to=round_to, finetune=finetune,
                        finetune_lr=finetune_lr, split=split, strict=strict, force=force)  # fmt: skip
     pruning = result.pruning
+    for note in pruning.notes:
+        output.message(f"[yellow]{note}[/yellow]")
     if not pruning.reached:
         output.message(f"[yellow]the target was not reached: {pruning.target} {pruning.achieved:.3g} against "
                        f"{pruning.goal:g} at the largest pruning ratio; the most pruned model was "

@@ -12,7 +12,10 @@ loads without pickle like any other.
 
 Criteria (`--criterion`): `l1` and `l2` (group magnitude of the weights, Torch-Pruning's default is l2),
 `bn` (the BatchNorm scale |gamma| of each channel), `taylor` (first-order Taylor: |weight x gradient|,
-from the loss on a batch of training images).
+from the loss on a batch of training images), `lrp` (LRP relevance of each convolution's output
+channels on a reference batch of training images, recomputed before every step, normalised per layer
+and ranked globally as "Pruning by Explaining" does: compress/lrp.py). The others rank within each
+layer group, so every layer keeps the same share.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from convforge.measure.cost import measure_latency
 from convforge.measure.counting import count_macs, count_params
 from convforge.models.factory import model_file_hook
 
-CRITERIA = ("l1", "l2", "bn", "taylor")
+CRITERIA = ("l1", "l2", "bn", "taylor", "lrp")
+NEEDS_DATA = ("taylor", "lrp")  # criteria computed from a batch of training images
 MAX_STEPS = 40  # the pruner reaches its largest ratio in this many equal steps; the target stops it earlier
 MAX_RATIO = 0.95  # never remove more than this share of a layer's channels
 
@@ -51,6 +55,7 @@ class PruneResult:
     round_to: int | None
     before: PruneStep
     steps: list[PruneStep] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the criterion could not treat exactly, and why
 
     @property
     def after(self) -> PruneStep:
@@ -104,7 +109,7 @@ def prune_model(
     goal: float = 0.5,
     round_to: int | None = 8,
     architecture: str | None = None,
-    gradient_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    data_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     latency_batches: tuple[int, ...] = (1, 64),
     latency_seconds: float = 0.5,
     on_step: Callable[[PruneStep], None] | None = None,
@@ -113,13 +118,13 @@ def prune_model(
     params or MACs (at `input_size`) remains, or until it runs `goal` times faster than before at every
     batch size of `latency_batches` (measured after each step). Channel counts stay multiples of
     `round_to`. A target that cannot be reached stops at the largest ratio: `reached` says so and the
-    model is the most pruned (fastest) one found. `gradient_batch` (normalised images, labels) is needed
-    by the taylor criterion."""
+    model is the most pruned (fastest) one found. `data_batch` (normalised training images, labels) is
+    needed by the taylor and lrp criteria."""
     import torch_pruning as tp
 
     check_criterion(criterion)
-    if criterion == "taylor" and gradient_batch is None:
-        raise ConfigError("the taylor criterion needs a batch of training images and labels for its gradients")
+    if criterion in NEEDS_DATA and data_batch is None:
+        raise ConfigError(f"the {criterion} criterion needs a batch of training images and their labels")
     model.eval()
     example = torch.zeros(1, *input_size, device=next(model.parameters()).device)
     timed = latency_batches if target == "speedup" else ()
@@ -129,18 +134,19 @@ def prune_model(
         return PruneStep(step, count_params(model), count_macs(model, input_size), latency)
 
     result = PruneResult(criterion, target, goal, round_to, measured(0))
+    importance, prepare = _criterion(criterion, model, data_batch, result.notes)
     hook = model_file_hook(architecture, "unwrapped_parameters") if architecture else None
     try:
         pruner = tp.pruner.MetaPruner(
-            model, example, importance=_importance(criterion), pruning_ratio=MAX_RATIO, iterative_steps=MAX_STEPS,
-            ignored_layers=_classifiers(model), round_to=round_to, global_pruning=False,
-            unwrapped_parameters=hook(model) if hook else None,
+            model, example, importance=importance, pruning_ratio=MAX_RATIO, max_pruning_ratio=MAX_RATIO,
+            iterative_steps=MAX_STEPS, ignored_layers=_classifiers(model), round_to=round_to,
+            global_pruning=criterion == "lrp", unwrapped_parameters=hook(model) if hook else None,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - tracing failures come as many types; the message names the module
         raise UserError(f"Torch-Pruning cannot trace this model ({type(exc).__name__}: {exc})") from None
     for step in range(1, MAX_STEPS + 1):
-        if criterion == "taylor":
-            _gradients(model, gradient_batch)
+        if prepare is not None:
+            prepare()
         try:
             pruner.step()
             result.steps.append(measured(step))  # runs the pruned model: a missed channel coupling fails here
@@ -158,14 +164,31 @@ def prune_model(
     return result
 
 
-def _importance(criterion: str):
+def _criterion(criterion: str, model: nn.Module, batch, notes: list[str]):
+    """The Torch-Pruning importance for `criterion`, and what must run before each step (or None). The lrp
+    criterion says what it treats approximately, and falls back on taylor where it cannot trace the model."""
     import torch_pruning as tp
 
     if criterion in ("l1", "l2"):
-        return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
+        return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2), None
     if criterion == "bn":
-        return tp.importance.BNScaleImportance()
-    return tp.importance.GroupTaylorImportance()
+        return tp.importance.BNScaleImportance(), None
+    if criterion == "lrp":
+        from convforge.compress.lrp import relevance_importance, require_zennit
+
+        require_zennit()
+        importance = relevance_importance()
+        try:
+            importance.refresh(model, *batch)
+        except ConfigError as exc:
+            notes.append(f"{exc}; pruned by the taylor criterion instead")
+        else:
+            if importance.approximate:
+                inexact = ", ".join(importance.approximate)
+                notes.append(f"LRP treats these as gradients, not by an exact rule: {inexact}")
+            steps = iter(range(MAX_STEPS + 1))  # the relevance computed above serves the first step
+            return importance, lambda: next(steps) and importance.refresh(model, *batch)
+    return tp.importance.GroupTaylorImportance(), lambda: _gradients(model, batch)
 
 
 def _classifiers(model: nn.Module) -> list[nn.Module]:

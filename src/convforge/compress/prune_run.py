@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from convforge.checkpoint import load_model, save_model
-from convforge.compress.prune import PruneResult, check_criterion, check_target, prune_model
+from convforge.compress.prune import NEEDS_DATA, PruneResult, check_criterion, check_target, prune_model
 from convforge.data.sample import align_classes, read_pixels, stratified_positions
 from convforge.data.spec import load_dataset
 from convforge.data.transforms import eval_transform
@@ -23,7 +23,7 @@ from convforge.train.engine import train
 from convforge.train.evaluate import evaluate
 
 LATENCY_BATCHES = (1, 64)
-TAYLOR_IMAGES = 64
+REFERENCE_IMAGES = 128  # training images the taylor and lrp criteria score channels on
 
 
 @dataclass
@@ -81,14 +81,14 @@ def prune_run(
     model, spec = load_model(parent.path)
     dataset = load_dataset(data, strict=strict, channels=spec.in_chans)
     test = align_classes(dataset.splits[split] if split else dataset.eval_split(), spec.classes, data)
-    gradient_batch = _taylor_batch(dataset, spec, data) if criterion == "taylor" else None
+    data_batch = _reference_batch(dataset, spec, data) if criterion in NEEDS_DATA else None
     input_size = (spec.in_chans, *spec.preprocessing.input_size)
 
     parent_top1 = evaluate(model, test, spec.preprocessing).top1
     parent_latency = _latency(model, input_size, batches, latency_seconds)
     child = copy.deepcopy(model)
     pruning = prune_model(child, input_size, criterion=criterion, target=target, goal=goal, round_to=round_to,
-                          architecture=spec.architecture, gradient_batch=gradient_batch, latency_batches=batches,
+                          architecture=spec.architecture, data_batch=data_batch, latency_batches=batches,
                           latency_seconds=latency_seconds)  # fmt: skip
     config = {"data": data, "criterion": criterion, "target": target, "goal": goal, "round_to": round_to,
               "batches": list(batches), "finetune": finetune}
@@ -128,9 +128,9 @@ def _finetune_config(parent: Run, spec, data: str, epochs: int, lr: float | None
     return TrainConfig(**recipe)
 
 
-def _taylor_batch(dataset, spec, data: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _reference_batch(dataset, spec, data: str) -> tuple[torch.Tensor, torch.Tensor]:
     train = align_classes(dataset.splits.get("train") or dataset.eval_split(), spec.classes, data)
-    pixels, positions, _ = read_pixels(train, stratified_positions(train.labels, min(TAYLOR_IMAGES, len(train)), 0))
+    pixels, positions, _ = read_pixels(train, stratified_positions(train.labels, min(REFERENCE_IMAGES, len(train)), 0))
     images = eval_transform(torch.from_numpy(pixels), spec.preprocessing)
     return images, torch.as_tensor(train.labels[positions], dtype=torch.long)
 
