@@ -48,7 +48,8 @@ def test_a_model_the_graph_cannot_follow_is_refused_with_a_reason(name):
     from convforge.errors import UserError
 
     model = create_model(name, num_classes=5)
-    with pytest.raises(UserError, match=f"pruning {name} failed or broke its forward pass .* cannot be pruned yet"):
+    refusal = rf"pruning {name} failed or broke its forward pass in \S+ \(\w+\) .* cannot be pruned yet"
+    with pytest.raises(UserError, match=refusal):
         prune_model(model, (3, 64, 64), target="macs", goal=0.6, architecture=name)
 
 
@@ -86,9 +87,49 @@ def test_a_speedup_target_is_measured_and_one_out_of_reach_is_said(tiny_run, tmp
     out = tmp_path / "child"
     answer = invoke("prune", tiny_run.run.path, TINY_SHAPES, "--speedup", "1000", "--batch", "1", "--out", out)
     assert answer.exit_code == 0, answer.output
-    assert "the target was not reached" in answer.output and "the most pruned model was kept" in answer.output
+    assert "the target was not reached" in answer.output and "the fastest model measured was kept" in answer.output
     pruning = json.loads((out / "run.json").read_text())["pruning"]
     assert pruning["reached"] is False and len(pruning["steps"]) == 40
+
+
+def test_a_speedup_out_of_reach_keeps_the_fastest_step_not_the_last(monkeypatch):
+    """Latency does not fall monotonically with pruning; the search keeps the step measured fastest."""
+    import convforge.compress.prune as prune
+
+    timings = iter([10.0] + [8.0, 6.0, 4.0, 5.0, 7.0] + [9.0] * 40)  # before, then steps: the 3rd is fastest
+    monkeypatch.setattr(prune, "measure_latency", lambda *a, **k: type("L", (), {"p50_ms": next(timings)}))
+    model = create_model("resnet18", num_classes=10)
+    result = prune_model(model, (3, 32, 32), target="speedup", goal=100.0, latency_batches=(1,))
+    assert not result.reached and len(result.steps) == 40 and result.kept == 2
+    assert result.achieved == 2.5 and result.after is result.steps[2]
+    assert sum(p.numel() for p in model.parameters()) == result.steps[2].params  # the model is that step's
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+class _NeedsLargeInputs(nn.Module):
+    def forward(self, x):
+        if x.shape[-1] < 64:
+            raise ValueError(f"this block needs inputs of at least 64 pixels, got {x.shape[-1]}")
+        return x
+
+
+class _LeavesAutograd(nn.Module):
+    """Runs without gradients, but leaves the autograd graph that Torch-Pruning follows."""
+
+    def forward(self, x):
+        return torch.from_numpy(x.numpy()) if not torch.is_grad_enabled() else x.numpy()
+
+
+def test_a_model_that_fails_or_cannot_be_traced_is_named_by_its_module():
+    from convforge.errors import UserError
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Sequential(nn.ReLU(), _NeedsLargeInputs()))
+    with pytest.raises(UserError, match=r"fails on a \(3, 32, 32\) input in 1\.1 \(_NeedsLargeInputs\) \(ValueError"):
+        prune_model(model, (3, 32, 32), target="macs", goal=0.5)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), _LeavesAutograd(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    named = r"(cannot trace this model|fails on a \(3, 32, 32\) input) in 1 \(_LeavesAutograd\)"
+    with pytest.raises(UserError, match=named):
+        prune_model(model, (3, 32, 32), target="params", goal=0.5)
 
 
 def test_finetune_distils_the_child_from_its_parent(tiny_run, tmp_path):
@@ -108,6 +149,7 @@ def test_finetune_distils_the_child_from_its_parent(tiny_run, tmp_path):
     ("args", "fragment"),
     [
         (["--macs", "0.5", "--criterion", "l3"], "unknown criterion 'l3'"),
+        (["--macs", "0.5", "--criterion", "lpr"], "Did you mean: lrp?"),
         (["--macs", "1.5"], "between 0 and 1"),
         (["--macs", "0"], "between 0 and 1"),
         (["--macs", "0.5", "--params", "0.5"], "give one target"),

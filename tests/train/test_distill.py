@@ -33,6 +33,7 @@ def test_the_teacher_scores_the_students_batch_and_takes_the_labels_share(tiny_r
     with torch.no_grad():
         same = distiller.extra_loss(inputs, model(inputs), torch.zeros(4, dtype=torch.long))
     assert same.abs() < 1e-5  # a student that already predicts like its teacher pays nothing
+    assert distiller.epoch_metrics()["teacher_seconds"] > 0 and distiller.epoch_metrics() == {"teacher_seconds": 0.0}
     assert not any(p.requires_grad for p in distiller.teacher.parameters())
 
 
@@ -43,6 +44,9 @@ def test_a_student_trains_from_a_teacher_run(tiny_run, tmp_path):
     info = json.loads((tmp_path / "student" / "run.json").read_text())
     assert info["config"]["teacher"] == str(tiny_run.run.path) and info["config"]["kd_alpha"] == 0.0
     assert result.test.top1 > 0.15  # ten classes (chance 0.1): it learned from the soft targets alone
+    epochs = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    epoch = next(record for record in epochs if record["kind"] == "epoch")
+    assert 0 < epoch["teacher_seconds"] < epoch["epoch_seconds"]  # the teacher's cost, within the epoch's
 
 
 def test_a_teacher_with_other_classes_is_refused(tiny_run, tmp_path):

@@ -50,7 +50,7 @@ def prune_command(
     """Remove whole channels from a run's model (Torch-Pruning's dependency graph) until at most the
     given share of its parameters or MACs remains, or until it runs --speedup times faster at every
     --batch size (latency measured on this machine after each step), and save it as a child run. A
-    speed-up that cannot be reached is said, and the fastest model found is kept.
+    speed-up that cannot be reached is said, and the fastest model measured is kept.
 
     The child is an ordinary run folder (safetensors weights, the widths of every layer in model.json,
     its parent in run.json) that eval, predict, explain, robust, export, bench and serve load like any
@@ -73,9 +73,10 @@ def prune_command(
     for note in pruning.notes:
         output.message(f"[yellow]{note}[/yellow]")
     if not pruning.reached:
+        kept = ("the fastest model measured was kept" if pruning.target == "speedup"
+                else "the most pruned model was kept")  # fmt: skip
         output.message(f"[yellow]the target was not reached: {pruning.target} {pruning.achieved:.3g} against "
-                       f"{pruning.goal:g} at the largest pruning ratio; the most pruned model was "
-                       "kept[/yellow]")  # fmt: skip
+                       f"{pruning.goal:g} at the largest pruning ratio; {kept}[/yellow]")  # fmt: skip
     output.table(prune_table(result.to_dict(), title=f"{run_path} -> {out}"))
     stage = f"after {finetune} epoch(s) of distillation" if finetune else "before any fine-tuning"
     output.message(f"top-1 {percent(result.parent_top1)} -> {percent(result.top1)} {stage}; child run {out}")

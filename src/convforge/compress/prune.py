@@ -20,6 +20,7 @@ layer group, so every layer keeps the same share.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -54,12 +55,15 @@ class PruneResult:
     goal: float  # the share of params/MACs to keep, or the speed-up to reach
     round_to: int | None
     before: PruneStep
-    steps: list[PruneStep] = field(default_factory=list)
+    steps: list[PruneStep] = field(default_factory=list)  # every step taken, the kept one and any after it
     notes: list[str] = field(default_factory=list)  # what the criterion could not treat exactly, and why
+    kept: int | None = None  # index into steps of the model kept: the last, or the fastest if the target failed
 
     @property
     def after(self) -> PruneStep:
-        return self.steps[-1] if self.steps else self.before
+        if not self.steps:
+            return self.before
+        return self.steps[-1 if self.kept is None else self.kept]
 
     @property
     def achieved(self) -> float:
@@ -117,8 +121,9 @@ def prune_model(
     """Prune `model` in place, in steps of 1/MAX_STEPS of the largest ratio, until at most `goal` of its
     params or MACs (at `input_size`) remains, or until it runs `goal` times faster than before at every
     batch size of `latency_batches` (measured after each step). Channel counts stay multiples of
-    `round_to`. A target that cannot be reached stops at the largest ratio: `reached` says so and the
-    model is the most pruned (fastest) one found. `data_batch` (normalised training images, labels) is
+    `round_to`. A target that cannot be reached stops at the largest ratio: `reached` says so, and the
+    model is the most pruned one (params, MACs) or the fastest one measured (speed-up; steps after it
+    stay in `steps` as what was tried). `data_batch` (normalised training images, labels) is
     needed by the taylor and lrp criteria."""
     import torch_pruning as tp
 
@@ -133,17 +138,23 @@ def prune_model(
         latency = {b: measure_latency(model, input_size, b, budget_seconds=latency_seconds).p50_ms for b in timed}
         return PruneStep(step, count_params(model), count_macs(model, input_size), latency)
 
-    result = PruneResult(criterion, target, goal, round_to, measured(0))
+    try:
+        result = PruneResult(criterion, target, goal, round_to, measured(0))  # the model's first forward pass
+    except Exception as exc:  # noqa: BLE001 - a model failing on its own input size fails in any way
+        raise UserError(f"the model fails on a {tuple(input_size)} input{_at_fault(model, example)} "
+                        f"({type(exc).__name__}: {str(exc)[:200]})") from None  # fmt: skip
     importance, prepare = _criterion(criterion, model, data_batch, result.notes)
     hook = model_file_hook(architecture, "unwrapped_parameters") if architecture else None
     try:
         pruner = tp.pruner.MetaPruner(
             model, example, importance=importance, pruning_ratio=MAX_RATIO, max_pruning_ratio=MAX_RATIO,
-            iterative_steps=MAX_STEPS, ignored_layers=_classifiers(model), round_to=round_to,
+            iterative_steps=MAX_STEPS, ignored_layers=classifier_layers(model), round_to=round_to,
             global_pruning=criterion == "lrp", unwrapped_parameters=hook(model) if hook else None,
         )  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - tracing failures come as many types; the message names the module
-        raise UserError(f"Torch-Pruning cannot trace this model ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - tracing failures come as many types
+        raise UserError(f"Torch-Pruning cannot trace this model{_at_fault(model, example)} "
+                        f"({type(exc).__name__}: {str(exc)[:200]})") from None  # fmt: skip
+    fastest = (1.0, None)  # the best speed-up measured and a copy of that model, for a target never reached
     for step in range(1, MAX_STEPS + 1):
         if prepare is not None:
             prepare()
@@ -151,8 +162,9 @@ def prune_model(
             pruner.step()
             result.steps.append(measured(step))  # runs the pruned model: a missed channel coupling fails here
         except Exception as exc:  # noqa: BLE001 - shape errors come as many types
+            where = _pruned_at(model, exc) or _at_fault(model, example)
             raise UserError(
-                f"pruning {architecture or type(model).__name__} failed or broke its forward pass "
+                f"pruning {architecture or type(model).__name__} failed or broke its forward pass{where} "
                 f"({type(exc).__name__}: {str(exc)[:200]}): Torch-Pruning's dependency graph misses a channel "
                 "coupling in it (a split or a per-channel buffer), so it cannot be pruned yet"
             ) from None
@@ -160,8 +172,54 @@ def prune_model(
             on_step(result.steps[-1])
         if result.reached:
             break
+        if target == "speedup" and measured_speedup(result.before, result.steps[-1]) > fastest[0]:
+            fastest = (measured_speedup(result.before, result.steps[-1]), (len(result.steps) - 1, copy.deepcopy(model)))
+    if not result.reached and fastest[1] is not None and fastest[1][0] != len(result.steps) - 1:
+        result.kept, best = fastest[1]
+        model.__dict__.update(best.__dict__)  # in place, as promised: the layers and widths of the fastest step
     model.zero_grad(set_to_none=True)
     return result
+
+
+def _pruned_at(model: nn.Module, exc: BaseException) -> str:
+    """' in NAME (Class)': the module of `model` that Torch-Pruning's innermost failing frame was pruning
+    (its pruning functions name it `layer`), or ''."""
+    names = {module: name for name, module in model.named_modules()}
+    frames = []
+    traceback = exc.__traceback__
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    for frame in reversed(frames):
+        layer = frame.f_locals.get("layer")
+        if isinstance(layer, nn.Module) and names.get(layer):
+            return f" in {names[layer]} ({type(layer).__name__})"
+    return ""
+
+
+def _at_fault(model: nn.Module, example: torch.Tensor) -> str:
+    """' in NAME (Class)': the innermost module whose forward raises on `example`, or '' if none does."""
+    stack: list[str] = []
+    names = {module: name for name, module in model.named_modules()}
+
+    def enter(module, args) -> None:
+        stack.append(names[module])
+
+    def leave(module, args, output) -> None:
+        stack.pop()
+
+    handles = [module.register_forward_pre_hook(enter) for module in names]
+    handles += [module.register_forward_hook(leave) for module in names]
+    try:
+        with torch.enable_grad():  # as Torch-Pruning runs it: its graph is the autograd graph
+            model.eval()(example)
+    except Exception:  # noqa: BLE001 - any failure: the stack says where it happened
+        if stack and stack[-1]:
+            return f" in {stack[-1]} ({type(model.get_submodule(stack[-1])).__name__})"
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ""
 
 
 def _criterion(criterion: str, model: nn.Module, batch, notes: list[str]):
@@ -191,7 +249,7 @@ def _criterion(criterion: str, model: nn.Module, batch, notes: list[str]):
     return tp.importance.GroupTaylorImportance(), lambda: _gradients(model, batch)
 
 
-def _classifiers(model: nn.Module) -> list[nn.Module]:
+def classifier_layers(model: nn.Module) -> list[nn.Module]:
     """The layers whose outputs are the classes: never pruned."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):

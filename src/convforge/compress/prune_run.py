@@ -91,31 +91,47 @@ def prune_run(
                           architecture=spec.architecture, data_batch=data_batch, latency_batches=batches,
                           latency_seconds=latency_seconds)  # fmt: skip
     config = {"data": data, "criterion": criterion, "target": target, "goal": goal, "round_to": round_to,
-              "batches": list(batches), "finetune": finetune}
+              "batches": list(batches), "finetune": finetune}  # fmt: skip
+    run = None
     if finetune:  # train writes the child run folder; then it becomes a pruning stage of the parent
-        trained = train(_finetune_config(parent, spec, data, finetune, finetune_lr), out, model=child,
-                        command="convforge prune", force=force)  # fmt: skip
-        child = load_model(trained.run.path)[0]  # the best epoch, at the pruned widths
-        run = trained.run
-        run.update(stage="prune", parent=str(parent.path.resolve()), pruning=pruning.to_dict(), prune_config=config)
+        run = distill_child(parent, spec, child, data, out, epochs=finetune, lr=finetune_lr, force=force)
+        child = load_model(run.path)[0]  # the best epoch, at the pruned widths
     evaluated = evaluate(child, test, spec.preprocessing)
     latency = {"parent": parent_latency, "child": _latency(child, input_size, batches, latency_seconds)}
     result = PruneRunResult(out, pruning, parent_top1, evaluated.top1, latency)
-    if finetune:
-        run.append_metrics({"kind": "prune", **result.to_dict()})
-        return result
+    if run is not None:
+        run.update(stage="prune", parent=str(parent.path.resolve()), pruning=pruning.to_dict(), prune_config=config)
+    else:
+        run = _save_child(parent, child, spec, out, config, force, input_size)
+        run.update(status="done", test=evaluated.to_dict(), pruning=pruning.to_dict())
+    run.append_metrics({"kind": "prune", **result.to_dict()})
+    return result
+
+
+def distill_child(
+    parent: Run, spec, child: torch.nn.Module, data: str, out: Path, *, epochs: int, lr: float | None = None,
+    force: bool = False,
+) -> Run:
+    """Train `child` (the parent's architecture, pruned; `spec` the parent's) on DATA for `epochs` with the
+    parent's recipe at a tenth of its learning rate (or `lr`) and the parent as teacher; the trained run
+    folder at `out`."""
+    config = _finetune_config(parent, spec, data, epochs, lr)
+    return train(config, out, model=child, command="convforge prune", force=force).run
+
+
+def _save_child(parent: Run, child, spec, out: Path, config: dict, force: bool, input_size) -> Run:
+    """The pruned model as a new run folder, checked to load back identically; nothing is left behind
+    under `out` when that fails (and with --force the old run is replaced only now)."""
     if force:
         remove_run_folder(out)
     run = Run.create(out, command="convforge prune", stage="prune", config=config, parent=parent.path)
     try:
         save_model(run.path, child, spec)
         _check_round_trip(run.path, child, input_size)
-        run.update(status="done", test=evaluated.to_dict(), pruning=pruning.to_dict())
-        run.append_metrics({"kind": "prune", **result.to_dict()})
     except BaseException:
         remove_run_folder(run.path)  # nothing half-written under the name the user chose
         raise
-    return result
+    return run
 
 
 def _finetune_config(parent: Run, spec, data: str, epochs: int, lr: float | None) -> TrainConfig:

@@ -4,10 +4,14 @@ student learns its softened class probabilities (Hinton et al. 2015).
 The loss is `kd_alpha * CE(labels) + (1 - kd_alpha) * T^2 * KL(teacher_T || student_T)`; the default
 `kd_alpha = 0` trains on the teacher's soft targets alone, as MEAL V2 does. The teacher runs in eval
 mode without gradients, under the run's autocast, on the same normalised (and augmented) batch as the
-student, so both must share the preprocessing's normalisation and the class list.
+student, so both must share the preprocessing's normalisation and the class list. What the teacher
+costs is reported in each epoch's record and line (`teacher_seconds`): on a GPU through CUDA events,
+read once per epoch so that timing adds no synchronisation to the steps.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +37,33 @@ class Distiller(StepHook):
                               f"{teacher_norm}); distil from a teacher with the student's normalisation")  # fmt: skip
         self.teacher.eval().requires_grad_(False)
         self.alpha, self.temperature = config.kd_alpha, config.kd_temperature
+        self._seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     def hard_label_weight(self) -> float:
         return self.alpha
 
     def extra_loss(self, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = self.teacher(inputs.detach())
+            if inputs.is_cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                teacher_logits = self.teacher(inputs.detach())
+                end.record()
+                self._events.append((start, end))
+            else:
+                started = time.perf_counter()
+                teacher_logits = self.teacher(inputs.detach())
+                self._seconds += time.perf_counter() - started
         return (1 - self.alpha) * distillation_loss(logits, teacher_logits, self.temperature)
+
+
+    def epoch_metrics(self) -> dict[str, float]:
+        if self._events:
+            torch.cuda.synchronize()
+            self._seconds += sum(start.elapsed_time(end) for start, end in self._events) / 1000
+        seconds, self._seconds, self._events = self._seconds, 0.0, []
+        return {"teacher_seconds": seconds}
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -227,6 +227,8 @@ class _Trainer:
                 stats = self._train_one_epoch(epoch, self.position)
                 self.position = None
                 record = {"kind": "epoch", "epoch": epoch + 1, "epochs": config.epochs, **stats}
+                for hook in self.hooks:
+                    record.update(hook.epoch_metrics())
                 eval_model = self.ema.module if self.ema is not None else self.model
                 record.update(self._validate(eval_model, epoch))
                 # Without a validation split the latest weights are the best we can know of.

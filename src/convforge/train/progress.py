@@ -98,6 +98,9 @@ class TrainProgress:
         if record.get("val_robust_acc") is not None:
             parts.append(f"val robust acc {record['val_robust_acc']:.3f}")
         parts += [f"{record['images_per_second']:,.0f} img/s", f"{record['epoch_seconds']:.1f}s"]
+        if record.get("teacher_seconds") is not None:
+            share = record["teacher_seconds"] / max(record["epoch_seconds"], 1e-9)
+            parts.append(f"(teacher {record['teacher_seconds']:.1f}s, {share:.0%})")
         if record.get("best"):
             parts.append("[green]best[/green]")
         self.console.print("  ".join(parts))

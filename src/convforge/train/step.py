@@ -42,6 +42,10 @@ class StepHook:
         """Extra fields of the epoch's metrics record, computed on the validation split."""
         return {}
 
+    def epoch_metrics(self) -> dict[str, Any]:
+        """Extra fields of the epoch's metrics record gathered during its steps (then reset)."""
+        return {}
+
 
 def build_step_hooks(
     config: TrainConfig, preprocessing: Preprocessing, classes: list[str], device: torch.device

@@ -1,0 +1,112 @@
+"""Pruning criteria side by side at the same MACs and the same recovery budget: convforge's stepped l2
+(per layer, channels rounded to 8), convforge's lrp (relevance, ranked across layers), and Torch-Pruning
+used the way its README shows (one-shot MetaPruner with GroupMagnitudeImportance, its defaults: no
+rounding, per-layer ratio; the ratio found by bisection so that the MACs kept match).
+
+    python benchmarks/prune_compare.py RUN DATA --macs 0.27 --epochs 8 [--criteria l2,lrp,tp-default]
+
+Each child is distilled from RUN for --epochs with the same recipe (compress.prune_run.distill_child),
+then evaluated on DATA's test split and timed at batch 1 and 64 (torch eager fp32, this machine's
+threads). Children go to benchmarks/out/prune_compare/<criterion>; the table and the hardware go to
+benchmarks/out/prune_compare-<run>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from convforge.checkpoint import load_model
+from convforge.compress.prune import classifier_layers
+from convforge.compress.prune_run import distill_child, prune_run
+from convforge.data.sample import align_classes
+from convforge.data.spec import load_dataset
+from convforge.measure.cost import measure_latency
+from convforge.measure.counting import count_macs, count_params
+from convforge.runs import Run, describe_hardware, hardware_fingerprint
+from convforge.train.evaluate import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+
+
+def torch_pruning_default(model: torch.nn.Module, input_size, macs: float) -> torch.nn.Module:
+    """Torch-Pruning's README recipe, one shot, its defaults; the ratio bisected to keep `macs` of the MACs."""
+    import torch_pruning as tp
+
+    full = count_macs(model, input_size)
+    low, high, best = 0.0, 0.95, None
+    for _ in range(12):
+        ratio = (low + high) / 2
+        pruned = copy.deepcopy(model).eval()
+        importance = tp.importance.GroupMagnitudeImportance()
+        pruner = tp.pruner.MetaPruner(pruned, torch.zeros(1, *input_size), importance=importance,
+                                      pruning_ratio=ratio, ignored_layers=classifier_layers(pruned))  # fmt: skip
+        pruner.step()
+        kept = count_macs(pruned, input_size) / full
+        if kept <= macs:
+            high, best = ratio, pruned
+        else:
+            low = ratio
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run")
+    parser.add_argument("data")
+    parser.add_argument("--macs", type=float, default=0.27)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--criteria", default="l2,lrp,tp-default")
+    parser.add_argument("--seconds", type=float, default=2.0, help="latency budget per measurement")
+    args = parser.parse_args()
+
+    parent = Run.open(args.run)
+    model, spec = load_model(parent.path)
+    input_size = (spec.in_chans, *spec.preprocessing.input_size)
+    test = align_classes(load_dataset(args.data, channels=spec.in_chans).eval_split(), spec.classes, args.data)
+    parent_top1 = evaluate(model, test, spec.preprocessing).top1
+    rows = [_row("parent", model, test, spec, input_size, args.seconds, top1=parent_top1)]
+    for criterion in args.criteria.split(","):
+        out = OUT / "prune_compare" / f"{parent.path.name}-{criterion}"
+        shutil.rmtree(out, ignore_errors=True)
+        if criterion == "tp-default":
+            child = torch_pruning_default(model, input_size, args.macs)
+            pruned_top1 = evaluate(child, test, spec.preprocessing).top1
+            distill_child(parent, spec, child, args.data, out, epochs=args.epochs)
+        else:
+            result = prune_run(parent.path, args.data, out, criterion=criterion, macs=args.macs, latency_seconds=0.2)
+            pruned_top1 = result.top1
+            distill_child(parent, spec, load_model(out)[0], args.data, out, epochs=args.epochs, force=True)
+        child = load_model(out)[0]
+        rows.append(_row(criterion, child, test, spec, input_size, args.seconds, pruned_top1=pruned_top1,
+                         top1=evaluate(child, test, spec.preprocessing).top1))  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    hardware = hardware_fingerprint()
+    print(f"{parent.path.name}, {args.epochs} epochs of distillation, MACs kept <= {args.macs}: "
+          f"{describe_hardware(hardware)}")
+    print("| criterion | params kept | MACs kept | batch 1 ms | batch 64 ms | top-1 before recovery | top-1 after |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    first = rows[0]
+    for row in rows:
+        before = f"{row['pruned_top1']:.2%}" if "pruned_top1" in row else ""
+        print(f"| {row['name']} | {row['params'] / first['params']:.1%} | {row['macs'] / first['macs']:.1%} | "
+              f"{row['ms'][1]:.2f} ({first['ms'][1] / row['ms'][1]:.2f}x) | {row['ms'][64]:.2f} "
+              f"({first['ms'][64] / row['ms'][64]:.2f}x) | {before} | {row['top1']:.2%} |")  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    record = {"run": str(parent.path), "macs": args.macs, "epochs": args.epochs, "hardware": hardware, "rows": rows}
+    (OUT / f"prune_compare-{parent.path.name}.json").write_text(json.dumps(record, indent=1))
+
+
+def _row(name, model, test, spec, input_size, seconds, **figures) -> dict:
+    ms = {b: measure_latency(model, input_size, b, budget_seconds=seconds).p50_ms for b in (1, 64)}
+    return {"name": name, "params": count_params(model), "macs": count_macs(model, input_size), "ms": ms, **figures}
+
+
+if __name__ == "__main__":
+    main()
