@@ -20,7 +20,9 @@ from convforge.cli.common import (
 
 @user_errors
 def prune_command(
-    run_path: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder with a trained model.")],
+    run_path: Annotated[
+        Path, typer.Argument(metavar="RUN", help="Run folder with a trained model (with --at-init: an architecture).")
+    ],
     data: Annotated[
         str, typer.Argument(help="Dataset spec to evaluate on (taylor and lrp score channels on its train split).")
     ],
@@ -41,6 +43,12 @@ def prune_command(
     finetune_lr: Annotated[
         float | None, typer.Option(help="Learning rate of the recovery (default: a tenth of the parent's).")
     ] = None,
+    at_init: Annotated[
+        bool, typer.Option("--at-init", help="PreCropping: narrow the architecture RUN names, then train it.")
+    ] = False,
+    uniform: Annotated[bool, typer.Option(help="With --at-init: the same share in each layer, not SynFlow's.")] = False,
+    epochs: Annotated[int, typer.Option(help="With --at-init: epochs of training from scratch on DATA.")] = 0,
+    seed: Annotated[int, typer.Option(help="With --at-init: seed of the initialisation and the training.")] = 0,
     split: SplitOption = None,
     strict: StrictOption = False,
     force: Annotated[bool, typer.Option(help="Replace the run folder --out if it exists.")] = False,
@@ -60,11 +68,30 @@ def prune_command(
     retrains the child for N epochs on DATA with the parent's recipe (a tenth of its learning rate) and
     the parent as teacher: the student learns the parent's predictions (`convforge train --teacher`).
 
+    --at-init is PreCropping (Cai et al. 2022): RUN names an architecture instead; it is built for DATA,
+    narrowed before any training to --params or --macs (each layer's width chosen by SynFlow's data-free
+    saliency, or the same share everywhere with --uniform), and trained from scratch for --epochs.
+
     Example: convforge prune runs/resnet18 cifar10:data/cifar10 --speedup 2 --out runs/r18-fast
     """
     output = Output(quiet, as_json)
     from convforge.cli.tables import prune_table
     from convforge.compress.prune_run import prune_run
+
+    if at_init:
+        from convforge.compress.precrop import precrop_run
+        from convforge.train.config import TrainConfig
+
+        config = TrainConfig(data=data, model=str(run_path), seed=seed, strict=strict)
+        cropped = precrop_run(str(run_path), data, out, params=params, macs=macs, speedup=speedup, uniform=uniform,
+                              epochs=epochs, round_to=round_to, config=config, force=force)  # fmt: skip
+        after, before = cropped.pruning.after, cropped.pruning.before
+        output.message(f"{run_path} narrowed at initialisation ({cropped.widths} widths) to "
+                       f"{percent(after.params / before.params)} of its parameters and "
+                       f"{percent(after.macs / before.macs)} of its MACs, trained {epochs} epoch(s): "
+                       f"top-1 {percent(cropped.top1)}; run {out}")  # fmt: skip
+        output.result(cropped.to_dict())
+        return
 
     result = prune_run(run_path, data, out, criterion=criterion, params=params, macs=macs, speedup=speedup,
                        batches=tuple(parse_batches(batch)), round_to=round_to, finetune=finetune,

@@ -14,8 +14,9 @@ Criteria (`--criterion`): `l1` and `l2` (group magnitude of the weights, Torch-P
 `bn` (the BatchNorm scale |gamma| of each channel), `taylor` (first-order Taylor: |weight x gradient|,
 from the loss on a batch of training images), `lrp` (LRP relevance of each convolution's output
 channels on a reference batch of training images, recomputed before every step, normalised per layer
-and ranked globally as "Pruning by Explaining" does: compress/lrp.py). The others rank within each
-layer group, so every layer keeps the same share.
+and ranked globally as "Pruning by Explaining" does: compress/lrp.py), `synflow` (data-free SynFlow
+saliency, recomputed before every step and ranked globally: compress/synflow.py; what PreCropping
+uses at initialisation). The others rank within each layer group, so every layer keeps the same share.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from convforge.measure.cost import measure_latency
 from convforge.measure.counting import count_macs, count_params
 from convforge.models.factory import model_file_hook
 
-CRITERIA = ("l1", "l2", "bn", "taylor", "lrp")
+CRITERIA = ("l1", "l2", "bn", "taylor", "lrp", "synflow")
 NEEDS_DATA = ("taylor", "lrp")  # criteria computed from a batch of training images
+RANKED_GLOBALLY = ("lrp", "synflow")  # as their papers do; the others keep every layer's share equal
 MAX_STEPS = 40  # the pruner reaches its largest ratio in this many equal steps; the target stops it earlier
 MAX_RATIO = 0.95  # never remove more than this share of a layer's channels
 
@@ -143,13 +145,13 @@ def prune_model(
     except Exception as exc:  # noqa: BLE001 - a model failing on its own input size fails in any way
         raise UserError(f"the model fails on a {tuple(input_size)} input{_at_fault(model, example)} "
                         f"({type(exc).__name__}: {str(exc)[:200]})") from None  # fmt: skip
-    importance, prepare = _criterion(criterion, model, data_batch, result.notes)
+    importance, prepare = _criterion(criterion, model, data_batch, input_size, result.notes)
     hook = model_file_hook(architecture, "unwrapped_parameters") if architecture else None
     try:
         pruner = tp.pruner.MetaPruner(
             model, example, importance=importance, pruning_ratio=MAX_RATIO, max_pruning_ratio=MAX_RATIO,
             iterative_steps=MAX_STEPS, ignored_layers=classifier_layers(model), round_to=round_to,
-            global_pruning=criterion == "lrp", unwrapped_parameters=hook(model) if hook else None,
+            global_pruning=criterion in RANKED_GLOBALLY, unwrapped_parameters=hook(model) if hook else None,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - tracing failures come as many types
         raise UserError(f"Torch-Pruning cannot trace this model{_at_fault(model, example)} "
@@ -222,7 +224,7 @@ def _at_fault(model: nn.Module, example: torch.Tensor) -> str:
     return ""
 
 
-def _criterion(criterion: str, model: nn.Module, batch, notes: list[str]):
+def _criterion(criterion: str, model: nn.Module, batch, input_size, notes: list[str]):
     """The Torch-Pruning importance for `criterion`, and what must run before each step (or None). The lrp
     criterion says what it treats approximately, and falls back on taylor where it cannot trace the model."""
     import torch_pruning as tp
@@ -231,6 +233,11 @@ def _criterion(criterion: str, model: nn.Module, batch, notes: list[str]):
         return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2), None
     if criterion == "bn":
         return tp.importance.BNScaleImportance(), None
+    if criterion == "synflow":
+        from convforge.compress.synflow import synflow_importance
+
+        importance = synflow_importance(model, input_size)
+        return importance, importance.refresh
     if criterion == "lrp":
         from convforge.compress.lrp import relevance_importance, require_zennit
 
