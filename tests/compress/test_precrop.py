@@ -60,6 +60,9 @@ def test_at_init_trains_the_narrowed_architecture_into_a_run(tmp_path, uniform):
     model, spec = load_model(out)  # an ordinary run: rebuilt at the recorded widths
     assert sum(p.numel() for p in model.parameters()) == result["pruning"]["after"]["params"]
     assert len(spec.classes) == 4
+    from convforge.report import build_report
+
+    assert f"Narrowed at initialisation ({result['widths']} widths, PreCropping)" in build_report(out).read_text()
 
 
 @pytest.mark.parametrize(

@@ -142,7 +142,18 @@ def test_finetune_distils_the_child_from_its_parent(tiny_run, tmp_path):
                                                  ["config"]["lr"] / 10)  # fmt: skip
     model, _ = load_model(out)
     assert sum(p.numel() for p in model.parameters()) == result.pruning.after.params
-    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "prune"
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["kind"] == "prune" and record["pruned_top1"] == result.pruned_top1 and record["top1"] == result.top1
+    drift = record["drift"]  # explain's drift: parent and child explain the same test images
+    assert drift["images"] == 32 and -1 <= drift["rank_correlation"] <= 1 and (out / drift["grid"]).is_file()
+    assert drift["pointing_game_before"] is not None  # the shapes data has object masks
+    from convforge.report import build_report
+
+    html = build_report(out).read_text()
+    section = html[html.index('<section id="compression">'):]
+    for fragment in ("by the l2 criterion to a macs target of 0.6", "pruned + 1 epochs distilled",
+                     "Does the pruned model look at the same thing?", "mean rank correlation"):  # fmt: skip
+        assert fragment in section, fragment
 
 
 @pytest.mark.parametrize(

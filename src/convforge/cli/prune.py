@@ -34,7 +34,7 @@ def prune_command(
     ] = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes the latency is measured at.")] = "1,64",
     criterion: Annotated[
-        str, typer.Option(help="l1, l2 (weight magnitude), bn (BatchNorm scale), taylor, lrp (relevance).")
+        str, typer.Option(help="l1, l2 (weight magnitude), bn (BatchNorm scale), taylor, lrp (relevance), synflow.")
     ] = "l2",
     round_to: Annotated[int, typer.Option(help="Keep channel counts multiples of this.")] = 8,
     finetune: Annotated[

@@ -16,6 +16,8 @@ from convforge.data.sample import align_classes, read_pixels, stratified_positio
 from convforge.data.spec import load_dataset
 from convforge.data.transforms import eval_transform
 from convforge.errors import UserError
+from convforge.explain.artifacts import drift_into_run
+from convforge.explain.inputs import dataset_inputs
 from convforge.measure.cost import measure_latency
 from convforge.runs import WEIGHTS_FILE, Run, check_free, check_replaceable, remove_run_folder
 from convforge.train.config import TrainConfig
@@ -24,6 +26,7 @@ from convforge.train.evaluate import evaluate
 
 LATENCY_BATCHES = (1, 64)
 REFERENCE_IMAGES = 128  # training images the taylor and lrp criteria score channels on
+DRIFT_IMAGES = 32  # test images both models explain, for the explanation drift
 
 
 @dataclass
@@ -31,8 +34,10 @@ class PruneRunResult:
     child: Path
     pruning: PruneResult
     parent_top1: float
-    top1: float
+    pruned_top1: float  # before any fine-tuning
+    top1: float  # after fine-tuning, if any
     latency_ms: dict[str, dict[int, float]]  # parent/child -> batch -> p50
+    drift: dict[str, Any] | None = None  # how the child explains the parent's test images (explain's drift)
 
     @property
     def speedup(self) -> dict[int, float]:
@@ -40,7 +45,8 @@ class PruneRunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"child": str(self.child), "pruning": self.pruning.to_dict(), "parent_top1": self.parent_top1,
-                "top1": self.top1, "latency_ms": self.latency_ms, "speedup": self.speedup}  # fmt: skip
+                "pruned_top1": self.pruned_top1, "top1": self.top1, "latency_ms": self.latency_ms,
+                "speedup": self.speedup, "drift": self.drift}  # fmt: skip
 
 
 def prune_run(
@@ -93,17 +99,21 @@ def prune_run(
     config = {"data": data, "criterion": criterion, "target": target, "goal": goal, "round_to": round_to,
               "batches": list(batches), "finetune": finetune}  # fmt: skip
     run = None
+    evaluated = pruned = evaluate(child, test, spec.preprocessing)
     if finetune:  # train writes the child run folder; then it becomes a pruning stage of the parent
         run = distill_child(parent, spec, child, data, out, epochs=finetune, lr=finetune_lr, force=force)
         child = load_model(run.path)[0]  # the best epoch, at the pruned widths
-    evaluated = evaluate(child, test, spec.preprocessing)
+        evaluated = evaluate(child, test, spec.preprocessing)
     latency = {"parent": parent_latency, "child": _latency(child, input_size, batches, latency_seconds)}
-    result = PruneRunResult(out, pruning, parent_top1, evaluated.top1, latency)
+    result = PruneRunResult(out, pruning, parent_top1, pruned.top1, evaluated.top1, latency)
     if run is not None:
         run.update(stage="prune", parent=str(parent.path.resolve()), pruning=pruning.to_dict(), prune_config=config)
     else:
         run = _save_child(parent, child, spec, out, config, force, input_size)
         run.update(status="done", test=evaluated.to_dict(), pruning=pruning.to_dict())
+    inputs = dataset_inputs(data, spec, split, DRIFT_IMAGES, torch.device("cpu"), strict)
+    drift = drift_into_run(run, model, child, spec, inputs, parent_name=parent.path.name)
+    result.drift = {**drift.to_dict(), "grid": run.metrics("drift")[-1]["grid"]}
     run.append_metrics({"kind": "prune", **result.to_dict()})
     return result
 

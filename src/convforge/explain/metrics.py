@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -319,6 +319,10 @@ class Drift(_Result):
     pointing_game_after: float | None
     pointing_game_change: float | None
     images: int
+    maps: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (before, after) per image
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in super().to_dict().items() if k != "maps"}
 
 
 def explanation_drift(
@@ -343,4 +347,5 @@ def explanation_drift(
         hits_before = float(pointing_game(before.maps, masks).float().mean())
         hits_after = float(pointing_game(after.maps, masks).float().mean())
         pointing = hits_before, hits_after, hits_after - hits_before
-    return Drift(before.method, float(per_image.mean()), per_image, *pointing, len(images))
+    maps = (before.maps.detach().cpu(), after.maps.detach().cpu())
+    return Drift(before.method, float(per_image.mean()), per_image, *pointing, len(images), maps)

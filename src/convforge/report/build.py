@@ -9,6 +9,7 @@ from pathlib import Path
 import jinja2
 
 from convforge.files import atomic_write_bytes
+from convforge.report import compression  # noqa: F401 - registers its section
 from convforge.report.sections import SECTIONS
 from convforge.runs import REPORT_FILE, Run
 

@@ -29,15 +29,17 @@ def figure_to_data_uri(figure: plt.Figure) -> str:
 
 
 def line_chart(
-    series: dict[str, tuple[list[float], list[float]]], title: str, ylabel: str, markers: bool = True
+    series: dict[str, tuple[list[float], list[float]]], title: str, ylabel: str, markers: bool = True,
+    xlabel: str = "epoch",
 ) -> str:
-    """Several (x, y) series on one axis, x in epochs."""
+    """Several (x, y) series on one axis, x in epochs unless `xlabel` says otherwise."""
     figure, axis = plt.subplots(figsize=(5.2, 3.2))
     for label, (x, y) in series.items():
         axis.plot(x, y, marker="o" if markers else None, markersize=3, label=label)
     axis.set_title(title)
-    axis.set_xlabel("epoch")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel(xlabel)
+    if xlabel == "epoch":
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
     if len(series) > 1:
