@@ -79,3 +79,18 @@ def test_demo_exports_quantizes_and_times_the_model(demo_run):
     rows = run.metrics("bench")[-1]["rows"]
     assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("torch", "ort", "ort-int8") for n in (1, 64)}
     assert all(r["unavailable"] is None for r in rows)
+
+
+def test_demo_prunes_to_a_measured_speedup_and_distils(demo_run):
+    """The pruned child beside the demo run: a speed-up search measured at batch 1 and 64, one epoch of
+    distillation, a child that still classifies the shapes, and a report with its Compression section."""
+    from convforge.runs import Run
+
+    child = Run(demo_run.parent / f"{demo_run.name}-pruned")
+    record = child.metrics("prune")[-1]
+    assert child.info["parent"] == str(demo_run.resolve()) and child.info["config"]["teacher"]
+    assert record["pruning"]["target"] == "speedup" and record["pruning"]["goal"] == 1.5
+    assert set(record["latency_ms"]["child"]) == {"1", "64"}
+    assert record["pruning"]["after"]["params"] < record["pruning"]["before"]["params"]
+    assert record["top1"] >= 0.9  # a pruned and briefly distilled model of a 97%+ parent
+    assert '<section id="compression">' in (child.path / "report.html").read_text()

@@ -43,10 +43,24 @@ def test_zoo_and_modern_blocks_prune_and_still_train(name):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("name", ["resnet18_ibn_a", "hornet_tiny_7x7"])
-def test_a_model_the_graph_cannot_follow_is_refused_with_a_reason(name):
+@pytest.mark.parametrize(("name", "kept"), [("resnet18_ibn_a", "split by IBN"), ("hornet_tiny_7x7", "gnConv splits")])
+def test_splits_the_graph_cannot_follow_are_kept_whole_and_the_rest_prunes(name, kept):
+    """IBN-a's instance/batch split and HorNet's gnConv splits: those layers keep their outputs (the model
+    file's pruning_protected hook, said in the notes), every other channel prunes and still trains."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5)
+    result = prune_model(model, (3, 64, 64), target="macs", goal=0.6, architecture=name)
+    assert result.reached and any(kept in note for note in result.notes), result.notes
+    model.train()
+    model(torch.randn(2, 3, 64, 64)).logsumexp(dim=1).mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_model_the_graph_cannot_follow_is_refused_with_a_reason():
+    """IBN-b's instance norms on the stem and the residual stream: Torch-Pruning misses their channels."""
     from convforge.errors import UserError
 
+    name = "resnet18_ibn_b"
     model = create_model(name, num_classes=5)
     refusal = rf"pruning {name} failed or broke its forward pass in \S+ \(\w+\) .* cannot be pruned yet"
     with pytest.raises(UserError, match=refusal):

@@ -13,6 +13,7 @@ from convforge.cli.tables import (
     eval_table,
     export_table,
     print_card,
+    prune_table,
     robust_comparison_table,
 )
 
@@ -46,6 +47,12 @@ DEMO_PARITY_IMAGES = 256
 DEMO_CALIBRATION = 256
 DEMO_BENCH_SECONDS = 0.5
 DEMO_BACKENDS = ["torch", "ort", "ort-int8"]
+# Pruning: a measured 1.5x at batch 1 and 64 (channels rounded to 8), then one epoch of distillation from
+# the demo model; the child is a run folder beside it with its own report.
+DEMO_SPEEDUP = 1.5
+DEMO_PRUNE_BATCHES = (1, 64)
+DEMO_PRUNE_SECONDS = 0.25
+DEMO_DISTILL_EPOCHS = 1
 
 
 @user_errors
@@ -55,7 +62,8 @@ def demo_command(
     seed: Annotated[int, typer.Option(help="Training seed (the data stays the same).")] = 0,
     quiet: QuietOption = False,
 ) -> None:
-    """Train a small CNN on the built-in shapes data; evaluate, explain, stress, export and quantize it.
+    """Train a small CNN on the built-in shapes data; evaluate, explain, stress, export, quantize and
+    prune it (to a measured speed-up, then distilled from the original into a child run).
 
     Nothing is downloaded: the shapes are drawn procedurally (10 classes on textured backgrounds,
     with a ground-truth mask per image).
@@ -64,6 +72,7 @@ def demo_command(
     """
     output = Output(quiet)
     from convforge.checkpoint import load_model
+    from convforge.compress.prune_run import prune_run
     from convforge.compress.quantize_run import quantize_run
     from convforge.deploy.backends import run_backend
     from convforge.deploy.bench import bench, open_source, record_bench
@@ -82,7 +91,7 @@ def demo_command(
     out = out or next_run_dir("runs", "demo")
     output.message(
         "[bold]convforge demo[/bold]: train a small CNN on the built-in shapes data, evaluate and "
-        "explain, stress, export and quantize it, and write its report."
+        "explain, stress, export, quantize and prune it, and write its report."
     )
     config = TrainConfig(
         data=DEMO_DATA,
@@ -137,6 +146,13 @@ def demo_command(
         write_card(run, card)
     print_card(output, cards["torch"])
     output.table(robust_comparison_table({name: card.to_dict() for name, card in cards.items()}))
+    output.message(f"pruning it to a measured {DEMO_SPEEDUP:g}x at batch 1 and 64, then distilling it from the "
+                   f"original for {DEMO_DISTILL_EPOCHS} epoch ...")  # fmt: skip
+    child = out.parent / f"{out.name}-pruned"
+    pruned = prune_run(out, DEMO_DATA, child, speedup=DEMO_SPEEDUP, batches=DEMO_PRUNE_BATCHES,
+                       finetune=DEMO_DISTILL_EPOCHS, latency_seconds=DEMO_PRUNE_SECONDS, force=True)  # fmt: skip
+    output.table(prune_table(pruned.to_dict(), title=f"{out} -> {child}"))
+    child_report = build_report(child)
     report = build_report(out)
     elapsed = time.perf_counter() - started
     top1 = percent(result.test.top1) if result.test else "-"
@@ -147,6 +163,7 @@ def demo_command(
         (f"convforge robust {out} {DEMO_DATA} --backend torch,ort,ort-int8", "did export or INT8 change that?"),
         (f"convforge eval {out} {DEMO_DATA}", "evaluate again (or on other data)"),
         (f"convforge bench {out} --batch 1,8,64", "latency per backend and batch size"),
+        (f"convforge prune {out} {DEMO_DATA} --macs 0.5 --criterion lrp --out runs/half", "prune by relevance"),
         ("convforge train path/to/your/folder --model resnet18", "train on your own labelled images"),
         ("convforge models convnext", "browse architectures"),
     ]
@@ -154,7 +171,9 @@ def demo_command(
     output.out.print(
         f"\n[bold green]done[/bold green] in {elapsed:.0f} s: test top-1 {top1}.\n"
         f"  run folder  {out}\n"
-        f"  report      {report}\n\n"
+        f"  report      {report}\n"
+        f"  pruned      {child} ({pruned.speedup[1]:.2f}x at batch 1, {pruned.speedup[64]:.2f}x at 64, top-1 "
+        f"{percent(pruned.top1)}; report {child_report})\n\n"
         "What to try next:\n" + "\n".join(f"  {command.ljust(width)}{why}" for command, why in next_steps)
     )
 

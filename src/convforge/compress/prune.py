@@ -147,10 +147,11 @@ def prune_model(
                         f"({type(exc).__name__}: {str(exc)[:200]})") from None  # fmt: skip
     importance, prepare = _criterion(criterion, model, data_batch, input_size, result.notes)
     hook = model_file_hook(architecture, "unwrapped_parameters") if architecture else None
+    protected = _protected(model, architecture, result.notes)
     try:
         pruner = tp.pruner.MetaPruner(
             model, example, importance=importance, pruning_ratio=MAX_RATIO, max_pruning_ratio=MAX_RATIO,
-            iterative_steps=MAX_STEPS, ignored_layers=classifier_layers(model), round_to=round_to,
+            iterative_steps=MAX_STEPS, ignored_layers=classifier_layers(model) + protected, round_to=round_to,
             global_pruning=criterion in RANKED_GLOBALLY, unwrapped_parameters=hook(model) if hook else None,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - tracing failures come as many types
@@ -162,6 +163,7 @@ def prune_model(
             prepare()
         try:
             pruner.step()
+            _sync_norm_widths(model)
             result.steps.append(measured(step))  # runs the pruned model: a missed channel coupling fails here
         except Exception as exc:  # noqa: BLE001 - shape errors come as many types
             where = _pruned_at(model, exc) or _at_fault(model, example)
@@ -254,6 +256,24 @@ def _criterion(criterion: str, model: nn.Module, batch, input_size, notes: list[
             steps = iter(range(MAX_STEPS + 1))  # the relevance computed above serves the first step
             return importance, lambda: next(steps) and importance.refresh(model, *batch)
     return tp.importance.GroupTaylorImportance(), lambda: _gradients(model, batch)
+
+
+def _sync_norm_widths(model: nn.Module) -> None:
+    """Torch-Pruning narrows an affine InstanceNorm's weight but leaves `num_features`, which its forward
+    checks (IBN-Net-b's stem): the width follows the weight."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.weight is not None:
+            module.num_features = module.weight.shape[0]
+
+
+def _protected(model: nn.Module, architecture: str | None, notes: list[str]) -> list[nn.Module]:
+    """Layers the model file asks to keep whole (`pruning_protected`), each reason said once in `notes`."""
+    hook = model_file_hook(architecture, "pruning_protected") if architecture else None
+    protected = hook(model) if hook else {}
+    for reason in dict.fromkeys(protected.values()):
+        count = sum(1 for r in protected.values() if r == reason)
+        notes.append(f"{count} layer(s) keep all their output channels: {reason}")
+    return list(protected)
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:

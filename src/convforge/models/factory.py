@@ -86,7 +86,9 @@ def model_file_hook(name: str, hook: str) -> Callable | None:
     layouts; `after_resize(model)` recomputes attributes derived from widths once `load_model` has
     resized layers to recorded shapes (HorNet's split sizes); `unwrapped_parameters(model)` lists
     `(parameter, channel_dim)` for parameters outside standard layers that pruning must narrow with
-    their channels (UniRepLKNet's GRN), in Torch-Pruning's format."""
+    their channels (UniRepLKNet's GRN), in Torch-Pruning's format; `pruning_protected(model)` gives
+    `{module: reason}` for layers whose output channels pruning must keep whole (a split the
+    dependency graph cannot follow: IBN, HorNet's gnConv)."""
     module = importlib.import_module(timm.models.model_entrypoint(name.split(".", 1)[0]).__module__)
     return getattr(module, hook, None)
 

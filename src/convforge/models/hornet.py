@@ -183,6 +183,18 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     return remap_official_keys(state_dict, "downsample_layers.0.0.weight", convnext_layout_key)
 
 
+def pruning_protected(model: nn.Module) -> dict[nn.Module, str]:
+    """For structured pruning: gnConv's projections, whose outputs it splits into its recursion's
+    widths (`dims`); Torch-Pruning cannot follow those splits, so their output channels stay whole. The
+    stages' widths and the MLPs still prune."""
+    protected = {}
+    for module in model.modules():
+        if isinstance(module, GnConv):
+            for layer in (module.proj_in, module.dwconv, *module.pws):
+                protected[layer] = "gnConv splits its output into the recursion's widths"
+    return protected
+
+
 def after_resize(model: nn.Module) -> None:
     """GnConv splits its channels by `dims`, a list fixed at construction: read it back from the
     layers that `load_model` narrowed (each recursion's width is its projection's input)."""

@@ -110,6 +110,17 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     return unwrap_checkpoint(state_dict)
 
 
+def pruning_protected(model: nn.Module) -> dict[nn.Module, str]:
+    """For structured pruning: the convolutions whose outputs an IBN splits into its instance- and
+    batch-normalised halves at a fixed index; Torch-Pruning cannot follow that split, so their output
+    channels stay whole (every other channel prunes)."""
+    return {
+        block.conv1: "its output is split by IBN into instance- and batch-normalised halves"
+        for block in model.modules()
+        if isinstance(block, (IBNBasicBlock, IBNBottleneck)) and isinstance(block.bn1, IBN)
+    }
+
+
 def after_resize(model: nn.Module) -> None:
     """IBN splits its input at `half`, the instance-normalised part: read back from the narrowed layer."""
     for module in model.modules():
