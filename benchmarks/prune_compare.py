@@ -7,8 +7,9 @@ rounding, per-layer ratio; the ratio found by bisection so that the MACs kept ma
 
 Each child is distilled from RUN for --epochs with the same recipe (compress.prune_run.distill_child),
 then evaluated on DATA's test split and timed at batch 1 and 64 (torch eager fp32, this machine's
-threads). Children go to benchmarks/out/prune_compare/<criterion>; the table and the hardware go to
-benchmarks/out/prune_compare-<run>.json.
+threads). `--only-time` times the parent and the children an earlier run left again, on a quiet
+machine, keeping their accuracies. Children go to benchmarks/out/prune_compare/<run>-<criterion>; the
+table and the hardware go to benchmarks/out/prune_compare-<run>.json.
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--criteria", default="l2,lrp,tp-default")
     parser.add_argument("--seconds", type=float, default=2.0, help="latency budget per measurement")
+    parser.add_argument("--only-time", action="store_true", help="re-time the children of an earlier run")
     args = parser.parse_args()
+    if args.only_time:
+        return retime(args)
 
     parent = Run.open(args.run)
     model, spec = load_model(parent.path)
@@ -88,19 +92,38 @@ def main() -> None:
                          top1=evaluate(child, test, spec.preprocessing).top1))  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     hardware = hardware_fingerprint()
-    print(f"{parent.path.name}, {args.epochs} epochs of distillation, MACs kept <= {args.macs}: "
-          f"{describe_hardware(hardware)}")
+    _table(rows, args.epochs, args.macs, parent.path.name, hardware)
+    OUT.mkdir(parents=True, exist_ok=True)
+    record = {"run": str(parent.path), "macs": args.macs, "epochs": args.epochs, "hardware": hardware, "rows": rows}
+    (OUT / f"prune_compare-{parent.path.name}.json").write_text(json.dumps(record, indent=1))
+
+
+def retime(args) -> None:
+    parent = Run.open(args.run)
+    path = OUT / f"prune_compare-{parent.path.name}.json"
+    record = json.loads(path.read_text())
+    for row in record["rows"]:
+        folder = parent.path if row["name"] == "parent" else OUT / "prune_compare" / f"{parent.path.name}-{row['name']}"
+        model, spec = load_model(folder)
+        input_size = (spec.in_chans, *spec.preprocessing.input_size)
+        row["ms"] = {b: measure_latency(model, input_size, b, budget_seconds=args.seconds).p50_ms for b in (1, 64)}
+    record["hardware"] = hardware_fingerprint()
+    path.write_text(json.dumps(record, indent=1))
+    _table(record["rows"], record["epochs"], record["macs"], parent.path.name, record["hardware"])
+
+
+def _table(rows, epochs, macs, name, hardware) -> None:
+    print(f"{name}, {epochs} epochs of distillation, MACs kept <= {macs}: {describe_hardware(hardware)}")
     print("| criterion | params kept | MACs kept | batch 1 ms | batch 64 ms | top-1 before recovery | top-1 after |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     first = rows[0]
     for row in rows:
+        ms = {int(b): v for b, v in row["ms"].items()}
+        base = {int(b): v for b, v in first["ms"].items()}
         before = f"{row['pruned_top1']:.2%}" if "pruned_top1" in row else ""
         print(f"| {row['name']} | {row['params'] / first['params']:.1%} | {row['macs'] / first['macs']:.1%} | "
-              f"{row['ms'][1]:.2f} ({first['ms'][1] / row['ms'][1]:.2f}x) | {row['ms'][64]:.2f} "
-              f"({first['ms'][64] / row['ms'][64]:.2f}x) | {before} | {row['top1']:.2%} |")  # fmt: skip
-    OUT.mkdir(parents=True, exist_ok=True)
-    record = {"run": str(parent.path), "macs": args.macs, "epochs": args.epochs, "hardware": hardware, "rows": rows}
-    (OUT / f"prune_compare-{parent.path.name}.json").write_text(json.dumps(record, indent=1))
+              f"{ms[1]:.2f} ({base[1] / ms[1]:.2f}x) | {ms[64]:.2f} ({base[64] / ms[64]:.2f}x) | {before} | "
+              f"{row['top1']:.2%} |")  # fmt: skip
 
 
 def _row(name, model, test, spec, input_size, seconds, **figures) -> dict:

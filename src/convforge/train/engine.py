@@ -42,6 +42,7 @@ from convforge.runs import Run, remove_run_folder
 from convforge.tensorfile import stored_shapes
 from convforge.train.config import TrainConfig
 from convforge.train.evaluate import EvalResult, evaluate
+from convforge.train.hooks import build_step_hooks
 from convforge.train.meter import EpochMeter
 from convforge.train.position import CheckpointClock, EpochPosition, capture_rng, restore_rng
 from convforge.train.progress import TrainProgress
@@ -57,7 +58,7 @@ from convforge.train.setup import (
     resolve_preprocessing,
     set_deterministic,
 )
-from convforge.train.step import backward_and_step, build_step_hooks
+from convforge.train.step import backward_and_step
 
 
 # ------------------------------------------------------------------------------- the loop

@@ -4,7 +4,7 @@ backward-and-step.
 A step hook changes a step without another `if` in the engine: it may transform the batch before
 the forward pass (adversarial training replaces it with its attacked copy), add a term to the loss
 (distillation adds the teacher's and moves weight off the labels), and report metrics at each
-validation. Hooks run in list order; the engine builds the list from the config (`build_step_hooks`).
+validation. Hooks run in list order; the engine builds the list from the config (train/hooks.py).
 Distillation (train/distill.py) lives in `train/`: compress only names the teacher and calls `train`.
 """
 
@@ -18,8 +18,6 @@ from torch import nn
 
 if TYPE_CHECKING:
     from convforge.data.imageset import ImageSet
-    from convforge.data.transforms import Preprocessing
-    from convforge.train.config import TrainConfig
 
 
 class StepHook:
@@ -45,22 +43,6 @@ class StepHook:
     def epoch_metrics(self) -> dict[str, Any]:
         """Extra fields of the epoch's metrics record gathered during its steps (then reset)."""
         return {}
-
-
-def build_step_hooks(
-    config: TrainConfig, preprocessing: Preprocessing, classes: list[str], device: torch.device
-) -> list[StepHook]:
-    """The hooks a config asks for, in the order they run."""
-    hooks: list[StepHook] = []
-    if config.adv:
-        from convforge.train.adversarial import Adversary
-
-        hooks.append(Adversary(config, preprocessing))
-    if config.teacher:
-        from convforge.train.distill import Distiller
-
-        hooks.append(Distiller(config, preprocessing, classes, device))
-    return hooks
 
 
 def backward_and_step(
