@@ -152,7 +152,8 @@ def prune_model(
         pruner = tp.pruner.MetaPruner(
             model, example, importance=importance, pruning_ratio=MAX_RATIO, max_pruning_ratio=MAX_RATIO,
             iterative_steps=MAX_STEPS, ignored_layers=classifier_layers(model) + protected, round_to=round_to,
-            global_pruning=criterion in RANKED_GLOBALLY, unwrapped_parameters=hook(model) if hook else None,
+            global_pruning=criterion in RANKED_GLOBALLY, iterative_pruning_ratio_scheduler=_schedule(criterion),
+            unwrapped_parameters=hook(model) if hook else None,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - tracing failures come as many types
         raise UserError(f"Torch-Pruning cannot trace this model{_at_fault(model, example)} "
@@ -256,6 +257,16 @@ def _criterion(criterion: str, model: nn.Module, batch, input_size, notes: list[
             steps = iter(range(MAX_STEPS + 1))  # the relevance computed above serves the first step
             return importance, lambda: next(steps) and importance.refresh(model, *batch)
     return tp.importance.GroupTaylorImportance(), lambda: _gradients(model, batch)
+
+
+def _schedule(criterion: str) -> Callable[[float, int], list[float]]:
+    """The pruning ratio after each step. Ranked globally, a criterion spares the most salient groups
+    (residual streams) until the ratio nears its end, so most of the MACs go in the last steps; there
+    the ratio steps far more finely (quadratically), or a params/MACs target overshoots: SynFlow on
+    CIFAR ResNet-18 went from over 30% of the MACs to 19% in one linear step."""
+    if criterion not in RANKED_GLOBALLY:
+        return lambda ratio, steps: [ratio * i / steps for i in range(steps + 1)]
+    return lambda ratio, steps: [ratio * (1 - (1 - i / steps) ** 2) for i in range(steps + 1)]
 
 
 def _sync_norm_widths(model: nn.Module) -> None:
