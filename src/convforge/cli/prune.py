@@ -63,8 +63,8 @@ def prune_command(
     The child is an ordinary run folder (safetensors weights, the widths of every layer in model.json,
     its parent in run.json) that eval, predict, explain, robust, export, bench and serve load like any
     other. Top-1 on DATA and latency at batch 1 and 64 are measured for parent and child. --criterion lrp
-    scores channels by their LRP relevance ("Pruning by Explaining": zennit, `pip install
-    'convforge[lrp]'`) on 128 training images, ranked across layers. --finetune N
+    scores channels by their LRP relevance ("Pruning by Explaining"; zennit, the optional lrp extra of
+    convforge) on 128 training images, ranked across layers. --finetune N
     retrains the child for N epochs on DATA with the parent's recipe (a tenth of its learning rate) and
     the parent as teacher: the student learns the parent's predictions (`convforge train --teacher`).
 
@@ -97,8 +97,10 @@ def prune_command(
                        batches=tuple(parse_batches(batch)), round_to=round_to, finetune=finetune,
                        finetune_lr=finetune_lr, split=split, strict=strict, force=force)  # fmt: skip
     pruning = result.pruning
+    from rich.markup import escape
+
     for note in pruning.notes:
-        output.message(f"[yellow]{note}[/yellow]")
+        output.message(f"[yellow]{escape(note)}[/yellow]")
     if not pruning.reached:
         kept = ("the fastest model measured was kept" if pruning.target == "speedup"
                 else "the most pruned model was kept")  # fmt: skip
