@@ -112,8 +112,7 @@ def prune_run(
         run = _save_child(parent, child, spec, out, config, force, input_size)
         run.update(status="done", test=evaluated.to_dict(), pruning=pruning.to_dict())
     inputs = dataset_inputs(data, spec, split, DRIFT_IMAGES, torch.device("cpu"), strict)
-    drift = drift_into_run(run, model, child, spec, inputs, parent_name=parent.path.name)
-    result.drift = {**drift.to_dict(), "grid": run.metrics("drift")[-1]["grid"]}
+    result.drift = drift_into_run(run, model, child, spec, inputs, parent_name=parent.path.name)
     run.append_metrics({"kind": "prune", **result.to_dict()})
     return result
 

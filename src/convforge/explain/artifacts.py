@@ -7,7 +7,7 @@ import torch
 from convforge.checkpoint import ModelSpec
 from convforge.data.sample import spread_positions
 from convforge.explain.inputs import ExplainInputs
-from convforge.explain.metrics import Drift, explanation_drift
+from convforge.explain.metrics import explanation_drift
 from convforge.explain.overlay import captioned_png, model_input_to_uint8, overlay
 from convforge.explain.study import MethodComparison, compare_methods
 from convforge.files import atomic_write_bytes
@@ -81,10 +81,11 @@ def drift_into_run(
     method: str = "gradcam",
     shown: int = 8,
     parent_name: str = "parent",
-) -> Drift:
+) -> dict:
     """How `child` (pruned, distilled, quantized from `parent`) explains the same images for the same
-    classes: the drift record in `run`'s metrics and a grid of the two models' maps side by side (the
-    parent's above, the child's below, each child map captioned with its rank correlation)."""
+    classes: the drift record appended to `run`'s metrics (and returned), with a grid of the two models'
+    maps side by side (the parent's above, the child's below, each child map captioned with its rank
+    correlation)."""
     drift = explanation_drift(parent, child, inputs.images, method, masks=inputs.masks)
     show = spread_positions(len(inputs.images), shown)
     pixels = model_input_to_uint8(inputs.images[show], spec.preprocessing)
@@ -96,9 +97,10 @@ def drift_into_run(
     grid = folder / f"drift-{_slug(drift.method)}.png"
     figure = image_grid_figure(overlays, captions, [_UNKNOWN] * len(captions), columns=len(show))
     atomic_write_bytes(grid, figure_to_png(figure))
-    run.append_metrics({"kind": "drift", "data": inputs.source, "split": inputs.split, "parent": parent_name,
-                        "grid": run.relative(grid), **drift.to_dict()})  # fmt: skip
-    return drift
+    record = {"kind": "drift", "data": inputs.source, "split": inputs.split, "parent": parent_name,
+              "grid": run.relative(grid), **drift.to_dict()}  # fmt: skip
+    run.append_metrics(record)
+    return record
 
 
 def _slug(method: str) -> str:

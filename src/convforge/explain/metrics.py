@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -321,8 +321,9 @@ class Drift(_Result):
     images: int
     maps: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (before, after) per image
 
-    def to_dict(self) -> dict:
-        return {k: v for k, v in super().to_dict().items() if k != "maps"}
+    def to_dict(self) -> dict:  # the maps stay out: asdict would copy them only to drop them
+        return {f.name: (v.tolist() if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                for f in fields(self) if f.name != "maps"}  # fmt: skip
 
 
 def explanation_drift(
