@@ -31,12 +31,15 @@ from convforge.files import atomic_write_json
 from convforge.measure.counting import count_params
 from convforge.models import create_model
 from convforge.models.factory import check_state_dict_fits
+from convforge.models.fold import fold_model
 from convforge.models.resize import resize_to_shapes
 from convforge.runs import MODEL_FILE, WEIGHTS_FILE
 from convforge.tensorfile import FORMAT, read_tensors, write_tensors
 
 # Fields of model.json that must equal the weights' own description; a difference changes the model.
-SPEC_FIELDS = ("architecture", "num_classes", "in_chans", "classes", "preprocessing", "model_kwargs", "shapes")
+SPEC_FIELDS = (
+    "architecture", "num_classes", "in_chans", "classes", "preprocessing", "model_kwargs", "shapes", "folded",
+)
 # Model keywords that make building a model reach outside its run folder (downloads, other files).
 _OUTSIDE_KWARGS = ("pretrained", "checkpoint", "url", "file", "cache_dir", "hf_hub")
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".npz", ".h5", ".onnx", ".pkl")
@@ -46,7 +49,9 @@ _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".npz", ".h5
 class ModelSpec:
     """Everything needed to rebuild a model from its weights: architecture, kwargs, classes,
     preprocessing, and the shape of every tensor (`shapes`, recorded by `save_model`), so a model
-    whose layers were narrowed (pruned) is rebuilt with its own widths."""
+    whose layers were narrowed (pruned) is rebuilt with its own widths. A `folded` model (BatchNorms
+    folded and blocks re-parameterized, models/fold.py) records the shapes it had before folding: it
+    is rebuilt at those widths, then folded again, then loaded."""
 
     architecture: str
     num_classes: int
@@ -57,6 +62,7 @@ class ModelSpec:
     # Left out of == and repr: two specs compare as the same task and preprocessing; the shapes are
     # compared with the weights' own by `check_description_matches`.
     shapes: dict[str, list[int]] | None = field(default=None, compare=False, repr=False)
+    folded: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -75,17 +81,20 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         """The architecture with freshly initialised weights (load_model fills them), its layers
-        resized to the recorded shapes."""
+        resized to the recorded shapes, folded if it was saved folded."""
         model = create_model(
             self.architecture, num_classes=self.num_classes, in_chans=self.in_chans, **self.model_kwargs
         )
         if self.shapes:
             resize_to_shapes(model, self.shapes, self.architecture)
+        if self.folded:
+            model = fold_model(model, inplace=True).model
         return model
 
-    def with_shapes_of(self, model: nn.Module) -> ModelSpec:
-        """This spec describing `model`'s own tensor shapes (what `save_model` records)."""
-        return dataclasses.replace(self, shapes=tensor_shapes(model))
+    def folded_from(self, model: nn.Module) -> ModelSpec:
+        """This spec for `model` (not yet folded) once it is folded: `save_model` then records these
+        widths, which the folded weights alone no longer describe."""
+        return dataclasses.replace(self, shapes=tensor_shapes(model.state_dict()), folded=True)
 
 
 def tensor_shapes(state: dict[str, torch.Tensor]) -> dict[str, list[int]]:
@@ -121,12 +130,15 @@ def _strings(value: Any):
 def save_model(
     folder: str | os.PathLike, model: nn.Module, spec: ModelSpec, extra: dict | None = None
 ) -> Path:
-    """Write model.safetensors and model.json into `folder` (a run folder)."""
+    """Write model.safetensors and model.json into `folder` (a run folder). A `spec.folded` model is
+    described by the widths before folding (`ModelSpec.folded_from`)."""
     folder = Path(folder)
     state = model.state_dict()
+    if spec.folded and spec.shapes is None:
+        raise ValueError("a folded model is saved with the widths it had before folding: spec.folded_from(model)")
     description = {
         "format": FORMAT,
-        **dataclasses.replace(spec, shapes=tensor_shapes(state)).to_dict(),
+        **(spec if spec.folded else dataclasses.replace(spec, shapes=tensor_shapes(state))).to_dict(),
         "parameters": count_params(model),
         **(extra or {}),
     }

@@ -93,6 +93,23 @@ def test_a_pruned_child_run_loads_evaluates_and_exports(tiny_run, tmp_path):
     assert exported.parity.passed
 
 
+def test_fold_saves_a_child_without_batchnorm_that_loads_evaluates_and_exports(tiny_run, tmp_path):
+    out = tmp_path / "folded"
+    done = invoke("prune", tiny_run.run.path, TINY_SHAPES, "--macs", "0.6", "--fold", "--out", out, "--json", "-q")
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.output)
+    assert result["fold"]["folded"] > 0 and result["fold"]["kept"] == []
+    assert result["fold"]["max_abs_logit_change"] <= 1e-4 * result["fold"]["max_abs_logit"]
+    assert json.loads((out / "model.json").read_text())["folded"] is True
+    model, spec = load_model(out)
+    assert spec.folded and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    evaluated = invoke("eval", out, TINY_SHAPES, "--json", "-q")
+    assert json.loads(evaluated.output)["top1"] == pytest.approx(result["top1"])
+    assert export_run(out, images=16).parity.passed
+    again = invoke("prune", out, TINY_SHAPES, "--macs", "0.5", "--out", tmp_path / "again")
+    assert again.exit_code == 2 and "holds a folded model" in again.output and not (tmp_path / "again").exists()
+
+
 def test_a_speedup_target_is_measured_and_one_out_of_reach_is_said(tiny_run, tmp_path):
     model = create_model("resnet18", num_classes=10)
     result = prune_model(model, (3, 64, 64), target="speedup", goal=1.2, latency_batches=(1, 8), latency_seconds=0.1)
@@ -148,14 +165,15 @@ def test_a_model_that_fails_or_cannot_be_traced_is_named_by_its_module():
 
 def test_finetune_distils_the_child_from_its_parent(tiny_run, tmp_path):
     out = tmp_path / "child"
-    result = prune_run(tiny_run.run.path, TINY_SHAPES, out, macs=0.6, finetune=1, latency_seconds=0.05)
+    result = prune_run(tiny_run.run.path, TINY_SHAPES, out, macs=0.6, finetune=1, latency_seconds=0.05, fold=True)
     info = json.loads((out / "run.json").read_text())
     assert info["stage"] == "prune" and info["parent"] == str(tiny_run.run.path.resolve())
+    assert info["fold"]["folded"] > 0 and info["test"]["top1"] == result.top1  # the saved model is the folded one
     assert info["config"]["teacher"] == str(tiny_run.run.path.resolve()) and info["config"]["epochs"] == 1
     assert info["config"]["lr"] == pytest.approx(json.loads((tiny_run.run.path / "run.json").read_text())
                                                  ["config"]["lr"] / 10)  # fmt: skip
-    model, _ = load_model(out)
-    assert sum(p.numel() for p in model.parameters()) == result.pruning.after.params
+    model, spec = load_model(out)
+    assert spec.folded and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["kind"] == "prune" and record["pruned_top1"] == result.pruned_top1 and record["top1"] == result.top1
     drift = record["drift"]  # explain's drift: parent and child explain the same test images
@@ -165,7 +183,7 @@ def test_finetune_distils_the_child_from_its_parent(tiny_run, tmp_path):
 
     html = build_report(out).read_text()
     section = html[html.index('<section id="compression">'):]
-    for fragment in ("by the l2 criterion to a macs target of 0.6", "pruned + 1 epochs distilled",
+    for fragment in ("by the l2 criterion to a macs target of 0.6", "pruned + 1 epochs distilled", "Saved folded",
                      "Does the pruned model look at the same thing?", "mean rank correlation"):  # fmt: skip
         assert fragment in section, fragment
 

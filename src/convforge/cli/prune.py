@@ -43,6 +43,10 @@ def prune_command(
     finetune_lr: Annotated[
         float | None, typer.Option(help="Learning rate of the recovery (default: a tenth of the parent's).")
     ] = None,
+    fold: Annotated[
+        bool,
+        typer.Option("--fold", help="Save the child with BatchNorm folded into convolutions, blocks re-parameterized."),
+    ] = False,
     at_init: Annotated[
         bool, typer.Option("--at-init", help="PreCropping: narrow the architecture RUN names, then train it.")
     ] = False,
@@ -67,6 +71,8 @@ def prune_command(
     convforge) on 128 training images, ranked across layers. --finetune N
     retrains the child for N epochs on DATA with the parent's recipe (a tenth of its learning rate) and
     the parent as teacher: the student learns the parent's predictions (`convforge train --teacher`).
+--fold saves the child for inference: every BatchNorm right after a convolution folded into it and
+re-parameterizable blocks folded, checked to give the same logits; it loads like any other run.
 
     --at-init is PreCropping (Cai et al. 2022): RUN names an architecture instead; it is built for DATA,
     narrowed before any training to --params or --macs (each layer's width chosen by SynFlow's data-free
@@ -95,7 +101,7 @@ def prune_command(
 
     result = prune_run(run_path, data, out, criterion=criterion, params=params, macs=macs, speedup=speedup,
                        batches=tuple(parse_batches(batch)), round_to=round_to, finetune=finetune,
-                       finetune_lr=finetune_lr, split=split, strict=strict, force=force)  # fmt: skip
+                       finetune_lr=finetune_lr, fold=fold, split=split, strict=strict, force=force)  # fmt: skip
     pruning = result.pruning
     from rich.markup import escape
 
@@ -106,6 +112,11 @@ def prune_command(
                 else "the most pruned model was kept")  # fmt: skip
         output.message(f"[yellow]the target was not reached: {pruning.target} {pruning.achieved:.3g} against "
                        f"{pruning.goal:g} at the largest pruning ratio; {kept}[/yellow]")  # fmt: skip
+    if result.fold:
+        kept = len(result.fold["kept"])
+        output.message(f"folded {result.fold['folded']} BatchNorm(s) into their convolutions"
+                       + (f"; {kept} kept: {escape(', '.join(result.fold['kept'][:3]))}" if kept else "")
+                       + (f"; {escape(result.fold['untraceable'])}" if result.fold["untraceable"] else ""))  # fmt: skip
     output.table(prune_table(result.to_dict(), title=f"{run_path} -> {out}"))
     stage = f"after {finetune} epoch(s) of distillation" if finetune else "before any fine-tuning"
     output.message(f"top-1 {percent(result.parent_top1)} -> {percent(result.top1)} {stage}; child run {out}")

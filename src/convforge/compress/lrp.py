@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from convforge.errors import ConfigError
+from convforge.models.fold import NormLeafTracer, fuse_into_conv, is_conv_node
 
 ADDITIONS = {operator.add, operator.iadd, torch.add}
 PRODUCTS = {operator.mul, operator.imul, torch.mul}
@@ -60,19 +61,6 @@ def require_zennit():
     return zennit
 
 
-class _Tracer(torch.fx.Tracer):
-    """Keeps norms (timm's BatchNormAct2d included) and timm's no-trace modules as single nodes."""
-
-    def __init__(self):
-        from timm.layers import get_notrace_functions, get_notrace_modules
-
-        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
-        self._leaves = tuple(get_notrace_modules()) + (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, self._leaves) or super().is_leaf_module(module, qualified_name)
-
-
 def canonize(model: nn.Module, example: torch.Tensor) -> Canonized:
     """A traced copy of `model` (in `example`'s floating dtype) in eval mode with BatchNorms folded and
     residual additions made explicit (see the module docstring). Raises ConfigError naming what could not be traced."""
@@ -82,7 +70,7 @@ def canonize(model: nn.Module, example: torch.Tensor) -> Canonized:
     dtype = example.dtype if example.is_floating_point() else torch.float32
     root = copy.deepcopy(model).to(dtype).eval()
     try:
-        graph = _Tracer().trace(root)
+        graph = NormLeafTracer().trace(root)
     except Exception as exc:  # noqa: BLE001 - tracing failures come as many types
         raise ConfigError(f"LRP cannot trace {type(model).__name__} ({type(exc).__name__}: {str(exc)[:200]})") from None
     traced = torch.fx.GraphModule(root, graph)
@@ -95,7 +83,7 @@ def canonize(model: nn.Module, example: torch.Tensor) -> Canonized:
             computed.add(node)
         if node.op == "call_module" and isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
             conv = node.args[0]
-            if _is_conv(conv, modules) and len(conv.users) == 1:
+            if is_conv_node(conv, modules) and len(conv.users) == 1:
                 _fold(modules[conv.target], modules[node.target])
                 canonized.folded.append(node.target)
             else:
@@ -216,10 +204,6 @@ def relevance_importance():
     return RelevanceImportance()
 
 
-def _is_conv(node, modules) -> bool:
-    return isinstance(node, torch.fx.Node) and node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d)
-
-
 def _is_tensor_op(node: torch.fx.Node, functions: set, method: str) -> bool:
     if len(node.args) != 2 or node.kwargs:
         return False
@@ -244,12 +228,9 @@ def _shape(arg) -> torch.Size | None:
 
 @torch.no_grad()
 def _fold(conv: nn.Conv2d, norm: nn.modules.batchnorm._BatchNorm) -> None:
-    """conv then norm becomes conv' then identity, exactly (in eval mode)."""
-    scale = (norm.weight if norm.affine else torch.ones_like(norm.running_var)) / (norm.running_var + norm.eps).sqrt()
-    shift = norm.bias if norm.affine else torch.zeros_like(scale)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-    conv.bias = nn.Parameter((bias - norm.running_mean) * scale + shift)
+    """conv then norm becomes conv' then a norm that computes the identity (in eval mode): the graph keeps
+    its node, which timm's BatchNormAct2d needs for its activation."""
+    fuse_into_conv(conv, norm)
     norm.running_mean.zero_()
     norm.running_var.fill_(1.0)
     norm.eps = 0.0

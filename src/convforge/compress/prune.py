@@ -34,6 +34,7 @@ from convforge.errors import ConfigError, UserError, did_you_mean
 from convforge.measure.cost import measure_latency
 from convforge.measure.counting import count_macs, count_params
 from convforge.models.factory import model_file_hook
+from convforge.models.resize import sync_block_widths
 
 CRITERIA = ("l1", "l2", "bn", "taylor", "lrp", "synflow")
 NEEDS_DATA = ("taylor", "lrp")  # criteria computed from a batch of training images
@@ -164,7 +165,7 @@ def prune_model(
             prepare()
         try:
             pruner.step()
-            _sync_norm_widths(model)
+            sync_block_widths(model)
             result.steps.append(measured(step))  # runs the pruned model: a missed channel coupling fails here
         except Exception as exc:  # noqa: BLE001 - shape errors come as many types
             where = _pruned_at(model, exc) or _at_fault(model, example)
@@ -267,14 +268,6 @@ def _schedule(criterion: str) -> Callable[[float, int], list[float]]:
     if criterion not in RANKED_GLOBALLY:
         return lambda ratio, steps: [ratio * i / steps for i in range(steps + 1)]
     return lambda ratio, steps: [ratio * (1 - (1 - i / steps) ** 2) for i in range(steps + 1)]
-
-
-def _sync_norm_widths(model: nn.Module) -> None:
-    """Torch-Pruning narrows an affine InstanceNorm's weight but leaves `num_features`, which its forward
-    checks (IBN-Net-b's stem): the width follows the weight."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.weight is not None:
-            module.num_features = module.weight.shape[0]
 
 
 def _protected(model: nn.Module, architecture: str | None, notes: list[str]) -> list[nn.Module]:

@@ -19,6 +19,7 @@ from convforge.errors import UserError
 from convforge.explain.artifacts import drift_into_run
 from convforge.explain.inputs import dataset_inputs
 from convforge.measure.cost import measure_latency
+from convforge.models.fold import fold_model
 from convforge.runs import WEIGHTS_FILE, Run, check_free, check_replaceable, remove_run_folder
 from convforge.train.config import TrainConfig
 from convforge.train.engine import train
@@ -38,6 +39,7 @@ class PruneRunResult:
     top1: float  # after fine-tuning, if any
     latency_ms: dict[str, dict[int, float]]  # parent/child -> batch -> p50
     drift: dict[str, Any] | None = None  # how the child explains the parent's test images (explain's drift)
+    fold: dict[str, Any] | None = None  # with --fold: what was folded and how far the logits moved
 
     @property
     def speedup(self) -> dict[int, float]:
@@ -46,7 +48,7 @@ class PruneRunResult:
     def to_dict(self) -> dict[str, Any]:
         return {"child": str(self.child), "pruning": self.pruning.to_dict(), "parent_top1": self.parent_top1,
                 "pruned_top1": self.pruned_top1, "top1": self.top1, "latency_ms": self.latency_ms,
-                "speedup": self.speedup, "drift": self.drift}  # fmt: skip
+                "speedup": self.speedup, "drift": self.drift, "fold": self.fold}  # fmt: skip
 
 
 def prune_run(
@@ -62,6 +64,7 @@ def prune_run(
     round_to: int | None = 8,
     finetune: int = 0,
     finetune_lr: float | None = None,
+    fold: bool = False,
     split: str | None = None,
     strict: bool = False,
     force: bool = False,
@@ -69,7 +72,8 @@ def prune_run(
 ) -> PruneRunResult:
     """Prune RUN's model to a share of params or MACs, or to a measured speed-up at `batches`; with
     `finetune` epochs, retrain it on DATA with RUN as its teacher (distillation, train/distill.py); evaluate
-    parent and child on DATA's test split, time both, write CHILD."""
+    parent and child on DATA's test split, time both, write CHILD. With `fold`, the child is saved with its
+    BatchNorms folded and its blocks re-parameterized (models/fold.py), checked to compute the same logits."""
     check_criterion(criterion)
     target, goal = check_target(params, macs, speedup)
     if round_to is not None and round_to < 1:
@@ -85,6 +89,9 @@ def prune_run(
     else:
         check_free(out)
     model, spec = load_model(parent.path)
+    if spec.folded:
+        raise UserError(f"{parent.path} holds a folded model (its BatchNorms are inside its convolutions); prune "
+                        "the run it was folded from and add --fold")  # fmt: skip
     dataset = load_dataset(data, strict=strict, channels=spec.in_chans)
     test = align_classes(dataset.splits[split] if split else dataset.eval_split(), spec.classes, data)
     data_batch = _reference_batch(dataset, spec, data) if criterion in NEEDS_DATA else None
@@ -97,20 +104,27 @@ def prune_run(
                           architecture=spec.architecture, data_batch=data_batch, latency_batches=batches,
                           latency_seconds=latency_seconds)  # fmt: skip
     config = {"data": data, "criterion": criterion, "target": target, "goal": goal, "round_to": round_to,
-              "batches": list(batches), "finetune": finetune}  # fmt: skip
+              "batches": list(batches), "finetune": finetune, "fold": fold}  # fmt: skip
     run = None
     evaluated = pruned = evaluate(child, test, spec.preprocessing)
     if finetune:  # train writes the child run folder; then it becomes a pruning stage of the parent
         run = distill_child(parent, spec, child, data, out, epochs=finetune, lr=finetune_lr, force=force)
         child = load_model(run.path)[0]  # the best epoch, at the pruned widths
         evaluated = evaluate(child, test, spec.preprocessing)
+    folding = None
+    if fold:
+        child, saved_spec, folding = _folded(child, spec, input_size)
+        evaluated = evaluate(child, test, spec.preprocessing)
     latency = {"parent": parent_latency, "child": _latency(child, input_size, batches, latency_seconds)}
-    result = PruneRunResult(out, pruning, parent_top1, pruned.top1, evaluated.top1, latency)
+    result = PruneRunResult(out, pruning, parent_top1, pruned.top1, evaluated.top1, latency, fold=folding)
     if run is not None:
-        run.update(stage="prune", parent=str(parent.path.resolve()), pruning=pruning.to_dict(), prune_config=config)
+        if fold:  # the trained child's weights become the folded ones; its checkpoint stays trainable
+            _save_checked(run.path, child, saved_spec, input_size)
+        run.update(stage="prune", parent=str(parent.path.resolve()), pruning=pruning.to_dict(), prune_config=config,
+                   fold=folding, test=evaluated.to_dict())  # fmt: skip
     else:
-        run = _save_child(parent, child, spec, out, config, force, input_size)
-        run.update(status="done", test=evaluated.to_dict(), pruning=pruning.to_dict())
+        run = _save_child(parent, child, saved_spec if fold else spec, out, config, force, input_size)
+        run.update(status="done", test=evaluated.to_dict(), pruning=pruning.to_dict(), fold=folding)
     inputs = dataset_inputs(data, spec, split, DRIFT_IMAGES, torch.device("cpu"), strict)
     result.drift = drift_into_run(run, model, child, spec, inputs, parent_name=parent.path.name)
     run.append_metrics({"kind": "prune", **result.to_dict()})
@@ -135,12 +149,32 @@ def _save_child(parent: Run, child, spec, out: Path, config: dict, force: bool, 
         remove_run_folder(out)
     run = Run.create(out, command="convforge prune", stage="prune", config=config, parent=parent.path)
     try:
-        save_model(run.path, child, spec)
-        _check_round_trip(run.path, child, input_size)
+        _save_checked(run.path, child, spec, input_size)
     except BaseException:
         remove_run_folder(run.path)  # nothing half-written under the name the user chose
         raise
     return run
+
+
+def _save_checked(folder: Path, model: torch.nn.Module, spec, input_size) -> None:
+    save_model(folder, model, spec)
+    _check_round_trip(folder, model, input_size)
+
+
+def _folded(child: torch.nn.Module, spec, input_size) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """The child folded, the spec it is saved under, and what folding did: norms folded and kept, and the
+    largest change of a logit on random inputs (float rounding only; more is a bug and is refused)."""
+    folding = fold_model(child)
+    probe = torch.randn(8, *input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before, after = child.eval()(probe), folding.model(probe)
+    scale = float(before.abs().max())
+    moved = float((after - before).abs().max())
+    if moved > 1e-3 * scale + 1e-5:
+        raise UserError(f"folding changed the child's logits by {moved:.3g} (largest logit {scale:.3g}); "
+                        "it was not kept. Prune without --fold and report this model")  # fmt: skip
+    record = {**folding.to_dict(), "max_abs_logit_change": moved, "max_abs_logit": scale}
+    return folding.model, spec.folded_from(child), record
 
 
 def _finetune_config(parent: Run, spec, data: str, epochs: int, lr: float | None) -> TrainConfig:

@@ -44,11 +44,35 @@ def resize_to_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]], arch
             _resize_module(module, wanted, prefix.rstrip(".") or "the model")
             resized += 1
     if resized:
+        sync_block_widths(model)
         _update_head_width(model)
         hook = model_file_hook(architecture, "after_resize") if architecture else None
         if hook is not None:
             hook(model)
     return resized
+
+
+def sync_block_widths(model: nn.Module) -> None:
+    """Widths that layers and blocks keep as plain attributes, read back from their tensors after the tensors
+    changed (Torch-Pruning narrows the tensors only):
+    - an affine InstanceNorm's `num_features`, which its forward checks (IBN-Net-b's stem);
+    - a re-parameterizable block's `in_chs`, `out_chs` and `groups` (timm's MobileOne), which its
+      `reparameterize()` uses to build the identity branch's kernel: such a block is one convolution
+      once folded, so they follow its first convolution's."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.weight is not None:
+            module.num_features = module.weight.shape[0]
+        elif _foldable(module):
+            conv = next((m for m in module.modules() if m is not module and isinstance(m, _ConvNd)), None)
+            if conv is None:
+                continue
+            for name, value in (("in_chs", conv.in_channels), ("out_chs", conv.out_channels), ("groups", conv.groups)):
+                if isinstance(getattr(module, name, None), int):
+                    setattr(module, name, value)
+
+
+def _foldable(module: nn.Module) -> bool:
+    return any(callable(getattr(module, name, None)) for name in ("reparameterize", "fuse", "switch_to_deploy"))
 
 
 def _resize_module(module: nn.Module, wanted: dict[str, tuple[int, ...]], where: str) -> None:
