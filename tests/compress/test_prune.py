@@ -56,13 +56,35 @@ def test_splits_the_graph_cannot_follow_are_kept_whole_and_the_rest_prunes(name,
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_a_model_the_graph_cannot_follow_is_refused_with_a_reason():
-    """IBN-b's instance norms on the stem and the residual stream: Torch-Pruning misses their channels."""
-    from convforge.errors import UserError
+def test_ibn_b_instance_norms_narrow_with_the_channels_around_them(tmp_path):
+    """IBN-b's InstanceNorms (stem, after residual additions) sit behind in-place ReLUs on F.instance_norm's
+    view, which hid them from Torch-Pruning's trace: they kept 64 channels while the stream shrank."""
+    from convforge.checkpoint import ModelSpec, save_model
+    from convforge.data.transforms import Preprocessing
 
     name = "resnet18_ibn_b"
+    torch.manual_seed(0)
     model = create_model(name, num_classes=5)
-    refusal = rf"pruning {name} failed or broke its forward pass in \S+ \(\w+\) .* cannot be pruned yet"
+    result = prune_model(model, (3, 64, 64), target="macs", goal=0.6, architecture=name)
+    assert result.reached and result.notes == []
+    norms = [m for m in model.modules() if isinstance(m, nn.InstanceNorm2d)]
+    assert len(norms) == 3 and all(m.num_features == m.weight.shape[0] < 128 for m in norms[:2])
+    assert model.conv1.out_channels == model.bn1.num_features < 64
+    assert all(getattr(m, "inplace", True) for m in model.modules() if isinstance(m, nn.ReLU))  # restored
+    spec = ModelSpec(name, 5, 3, [str(i) for i in range(5)], Preprocessing((64, 64), (0.5,) * 3, (0.25,) * 3))
+    save_model(tmp_path, model, spec)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path)[0](x), model.eval()(x))
+
+
+def test_a_model_the_graph_cannot_follow_is_refused_with_a_reason():
+    """FastViT's final MobileOne block: Torch-Pruning narrows its convolution's groups inconsistently."""
+    from convforge.errors import UserError
+
+    name = "fastvit_t8"
+    model = create_model(name, num_classes=5)
+    refusal = rf"pruning {name} failed or broke its forward pass in final_conv\S* \(Conv2d\) .* cannot be pruned yet"
     with pytest.raises(UserError, match=refusal):
         prune_model(model, (3, 64, 64), target="macs", goal=0.6, architecture=name)
 
@@ -135,6 +157,25 @@ def test_a_speedup_out_of_reach_keeps_the_fastest_step_not_the_last(monkeypatch)
     assert result.achieved == 2.5 and result.after is result.steps[2]
     assert sum(p.numel() for p in model.parameters()) == result.steps[2].params  # the model is that step's
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_a_speedup_is_timed_on_the_form_that_is_saved(monkeypatch):
+    """With --fold, the folded form is timed before pruning and after every step, not the model itself."""
+    import convforge.compress.prune as prune
+    from convforge.models.fold import fold_model
+
+    timed: list[bool] = []
+
+    def latency(model, *args, **kwargs):
+        timed.append(any(isinstance(m, nn.BatchNorm2d) for m in model.modules()))
+        return type("L", (), {"p50_ms": 10.0 / len(timed) ** 0.5})
+
+    monkeypatch.setattr(prune, "measure_latency", latency)
+    model = create_model("resnet18", num_classes=10)
+    result = prune_model(model, (3, 32, 32), target="speedup", goal=1.5, latency_batches=(1,),
+                         timed_as=lambda m: fold_model(m).model)  # fmt: skip
+    assert result.reached and len(timed) == len(result.steps) + 1 and not any(timed)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model itself is left unfolded
 
 
 class _NeedsLargeInputs(nn.Module):

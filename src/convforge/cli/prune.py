@@ -72,7 +72,8 @@ def prune_command(
     retrains the child for N epochs on DATA with the parent's recipe (a tenth of its learning rate) and
     the parent as teacher: the student learns the parent's predictions (`convforge train --teacher`).
 --fold saves the child for inference: every BatchNorm right after a convolution folded into it and
-re-parameterizable blocks folded, checked to give the same logits; it loads like any other run.
+re-parameterizable blocks folded, checked to give the same logits; it loads like any other run, and
+parent and child are then timed folded.
 
     --at-init is PreCropping (Cai et al. 2022): RUN names an architecture instead; it is built for DATA,
     narrowed before any training to --params or --macs (each layer's width chosen by SynFlow's data-free

@@ -21,8 +21,9 @@ uses at initialisation). The others rank within each layer group, so every layer
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -119,6 +120,7 @@ def prune_model(
     data_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     latency_batches: tuple[int, ...] = (1, 64),
     latency_seconds: float = 0.5,
+    timed_as: Callable[[nn.Module], nn.Module] | None = None,
     on_step: Callable[[PruneStep], None] | None = None,
 ) -> PruneResult:
     """Prune `model` in place, in steps of 1/MAX_STEPS of the largest ratio, until at most `goal` of its
@@ -127,7 +129,8 @@ def prune_model(
     `round_to`. A target that cannot be reached stops at the largest ratio: `reached` says so, and the
     model is the most pruned one (params, MACs) or the fastest one measured (speed-up; steps after it
     stay in `steps` as what was tried). `data_batch` (normalised training images, labels) is
-    needed by the taylor and lrp criteria."""
+    needed by the taylor and lrp criteria. `timed_as` gives the form of the model that is timed (folded,
+    for a child saved folded), the same before pruning and after each step."""
     import torch_pruning as tp
 
     check_criterion(criterion)
@@ -138,7 +141,8 @@ def prune_model(
     timed = latency_batches if target == "speedup" else ()
 
     def measured(step: int) -> PruneStep:
-        latency = {b: measure_latency(model, input_size, b, budget_seconds=latency_seconds).p50_ms for b in timed}
+        form = timed_as(model) if timed and timed_as is not None else model
+        latency = {b: measure_latency(form, input_size, b, budget_seconds=latency_seconds).p50_ms for b in timed}
         return PruneStep(step, count_params(model), count_macs(model, input_size), latency)
 
     try:
@@ -150,12 +154,13 @@ def prune_model(
     hook = model_file_hook(architecture, "unwrapped_parameters") if architecture else None
     protected = _protected(model, architecture, result.notes)
     try:
-        pruner = tp.pruner.MetaPruner(
-            model, example, importance=importance, pruning_ratio=MAX_RATIO, max_pruning_ratio=MAX_RATIO,
-            iterative_steps=MAX_STEPS, ignored_layers=classifier_layers(model) + protected, round_to=round_to,
-            global_pruning=criterion in RANKED_GLOBALLY, iterative_pruning_ratio_scheduler=_schedule(criterion),
-            unwrapped_parameters=hook(model) if hook else None,
-        )  # fmt: skip
+        with _out_of_place(model):
+            pruner = tp.pruner.MetaPruner(
+                model, example, importance=importance, pruning_ratio=MAX_RATIO, max_pruning_ratio=MAX_RATIO,
+                iterative_steps=MAX_STEPS, ignored_layers=classifier_layers(model) + protected, round_to=round_to,
+                global_pruning=criterion in RANKED_GLOBALLY, iterative_pruning_ratio_scheduler=_schedule(criterion),
+                unwrapped_parameters=hook(model) if hook else None,
+            )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - tracing failures come as many types
         raise UserError(f"Torch-Pruning cannot trace this model{_at_fault(model, example)} "
                         f"({type(exc).__name__}: {str(exc)[:200]})") from None  # fmt: skip
@@ -185,6 +190,22 @@ def prune_model(
         model.__dict__.update(best.__dict__)  # in place, as promised: the layers and widths of the fastest step
     model.zero_grad(set_to_none=True)
     return result
+
+
+@contextlib.contextmanager
+def _out_of_place(model: nn.Module) -> Iterator[None]:
+    """Activations computed out of place while Torch-Pruning traces the model. The trace maps each layer to
+    its output's autograd node; an in-place activation on a view rewrites that node (CopySlices), and
+    F.instance_norm returns a view, so without this IBN-Net-b's InstanceNorms drop out of the graph and keep
+    their widths while the channels around them are pruned. The function is the same either way."""
+    switched = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    for module in switched:
+        module.inplace = False
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.inplace = True
 
 
 def _pruned_at(model: nn.Module, exc: BaseException) -> str:

@@ -98,11 +98,12 @@ def prune_run(
     input_size = (spec.in_chans, *spec.preprocessing.input_size)
 
     parent_top1 = evaluate(model, test, spec.preprocessing).top1
-    parent_latency = _latency(model, input_size, batches, latency_seconds)
+    timed_as = (lambda m: fold_model(m).model) if fold else None  # with --fold, both are timed folded
+    parent_latency = _latency(timed_as(model) if fold else model, input_size, batches, latency_seconds)
     child = copy.deepcopy(model)
     pruning = prune_model(child, input_size, criterion=criterion, target=target, goal=goal, round_to=round_to,
                           architecture=spec.architecture, data_batch=data_batch, latency_batches=batches,
-                          latency_seconds=latency_seconds)  # fmt: skip
+                          latency_seconds=latency_seconds, timed_as=timed_as)  # fmt: skip
     config = {"data": data, "criterion": criterion, "target": target, "goal": goal, "round_to": round_to,
               "batches": list(batches), "finetune": finetune, "fold": fold}  # fmt: skip
     run = None
