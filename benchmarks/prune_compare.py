@@ -4,12 +4,14 @@ used the way its README shows (one-shot MetaPruner with GroupMagnitudeImportance
 rounding, per-layer ratio; the ratio found by bisection so that the MACs kept match).
 
     python benchmarks/prune_compare.py RUN DATA --macs 0.27 --epochs 8 [--criteria l2,lrp,tp-default]
+        [--lr 1e-3] [--tag NAME]
 
-Each child is distilled from RUN for --epochs with the same recipe (compress.prune_run.distill_child),
-then evaluated on DATA's test split and timed at batch 1 and 64 (torch eager fp32, this machine's
-threads). `--only-time` times the parent and the children an earlier run left again, on a quiet
-machine, keeping their accuracies. Children go to benchmarks/out/prune_compare/<run>-<criterion>; the
-table and the hardware go to benchmarks/out/prune_compare-<run>.json.
+Each child is distilled from RUN for --epochs with the same recipe (compress.prune_run.distill_child;
+`--lr` its learning rate, by default a tenth of the parent's), then evaluated on DATA's test split and
+timed at batch 1 and 64 (torch eager fp32, this machine's threads). `--only-time` times the parent and
+the children an earlier run left again, on a quiet machine, keeping their accuracies. Children go to
+benchmarks/out/prune_compare/<run>-<criterion>[-<tag>]; the table and the hardware go to
+benchmarks/out/prune_compare-<run>[-<tag>].json.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--macs", type=float, default=0.27)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--criteria", default="l2,lrp,tp-default")
+    parser.add_argument("--lr", type=float, default=None, help="distillation learning rate")
+    parser.add_argument("--tag", default="", help="suffix of the output names, to keep several budgets")
     parser.add_argument("--seconds", type=float, default=2.0, help="latency budget per measurement")
     parser.add_argument("--only-time", action="store_true", help="re-time the children of an earlier run")
     args = parser.parse_args()
@@ -77,16 +81,17 @@ def main() -> None:
     parent_top1 = evaluate(model, test, spec.preprocessing).top1
     rows = [_row("parent", model, test, spec, input_size, args.seconds, top1=parent_top1)]
     for criterion in args.criteria.split(","):
-        out = OUT / "prune_compare" / f"{parent.path.name}-{criterion}"
+        out = OUT / "prune_compare" / f"{parent.path.name}-{criterion}{_suffix(args)}"
         shutil.rmtree(out, ignore_errors=True)
         if criterion == "tp-default":
             child = torch_pruning_default(model, input_size, args.macs)
             pruned_top1 = evaluate(child, test, spec.preprocessing).top1
-            distill_child(parent, spec, child, args.data, out, epochs=args.epochs)
+            distill_child(parent, spec, child, args.data, out, epochs=args.epochs, lr=args.lr)
         else:
             result = prune_run(parent.path, args.data, out, criterion=criterion, macs=args.macs, latency_seconds=0.2)
             pruned_top1 = result.top1
-            distill_child(parent, spec, load_model(out)[0], args.data, out, epochs=args.epochs, force=True)
+            distill_child(parent, spec, load_model(out)[0], args.data, out, epochs=args.epochs, lr=args.lr,
+                          force=True)  # fmt: skip
         child = load_model(out)[0]
         rows.append(_row(criterion, child, test, spec, input_size, args.seconds, pruned_top1=pruned_top1,
                          top1=evaluate(child, test, spec.preprocessing).top1))  # fmt: skip
@@ -94,16 +99,22 @@ def main() -> None:
     hardware = hardware_fingerprint()
     _table(rows, args.epochs, args.macs, parent.path.name, hardware)
     OUT.mkdir(parents=True, exist_ok=True)
-    record = {"run": str(parent.path), "macs": args.macs, "epochs": args.epochs, "hardware": hardware, "rows": rows}
-    (OUT / f"prune_compare-{parent.path.name}.json").write_text(json.dumps(record, indent=1))
+    record = {"run": str(parent.path), "macs": args.macs, "epochs": args.epochs, "lr": args.lr, "hardware": hardware,
+              "rows": rows}  # fmt: skip
+    (OUT / f"prune_compare-{parent.path.name}{_suffix(args)}.json").write_text(json.dumps(record, indent=1))
+
+
+def _suffix(args) -> str:
+    return f"-{args.tag}" if args.tag else ""
 
 
 def retime(args) -> None:
     parent = Run.open(args.run)
-    path = OUT / f"prune_compare-{parent.path.name}.json"
+    path = OUT / f"prune_compare-{parent.path.name}{_suffix(args)}.json"
     record = json.loads(path.read_text())
     for row in record["rows"]:
-        folder = parent.path if row["name"] == "parent" else OUT / "prune_compare" / f"{parent.path.name}-{row['name']}"
+        child = OUT / "prune_compare" / f"{parent.path.name}-{row['name']}{_suffix(args)}"
+        folder = parent.path if row["name"] == "parent" else child
         model, spec = load_model(folder)
         input_size = (spec.in_chans, *spec.preprocessing.input_size)
         row["ms"] = {b: measure_latency(model, input_size, b, budget_seconds=args.seconds).p50_ms for b in (1, 64)}

@@ -89,6 +89,29 @@ def test_a_model_the_graph_cannot_follow_is_refused_with_a_reason():
         prune_model(model, (3, 64, 64), target="macs", goal=0.6, architecture=name)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2_100", "efficientnet_b0", "convnext_atto", "ghostnetv2_100",
+                                  "unireplknet_a", "hornet_tiny_7x7", "resnet18_ibn_a", "resnet18_ibn_b"])  # fmt: skip
+def test_every_family_pruned_still_exports_to_onnx_with_the_same_logits(name):
+    """Forward and training are checked above; here the deployed form: re-parameterized (UniRepLKNet),
+    exported by torch's dynamo exporter and run by ONNX Runtime, which must give the pruned model's logits."""
+    import onnxruntime
+
+    from convforge.checkpoint import ModelSpec
+    from convforge.data.transforms import Preprocessing
+    from convforge.deploy.export import deployable, export_onnx_bytes
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5)
+    prune_model(model, (3, 64, 64), target="macs", goal=0.6, architecture=name)
+    spec = ModelSpec(name, 5, 3, [str(i) for i in range(5)], Preprocessing((64, 64), (0.5,) * 3, (0.25,) * 3))
+    onnx, _ = export_onnx_bytes(deployable(model), spec)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    got = onnxruntime.InferenceSession(onnx, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    assert abs(got - expected).max() <= 1e-4 * abs(expected).max() + 1e-5
+
+
 def test_bn_and_taylor_criteria_prune_a_params_target(tiny_run):
     model, spec = load_model(tiny_run.run.path)
     images, labels = torch.rand(16, 3, 32, 32), torch.arange(16) % 10

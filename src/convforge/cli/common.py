@@ -42,9 +42,12 @@ _PLAIN_WIDTH = 200
 class Output:
     """Tables and messages for people, or one JSON document for scripts."""
 
-    def __init__(self, quiet: bool = False, as_json: bool = False):
-        self.quiet = quiet or as_json
+    def __init__(self, quiet: bool = False, as_json: bool = False, silent: bool = False):
+        """`quiet`: no progress messages; `as_json`: one JSON document; `silent`: nothing at all (the other
+        processes of a distributed run, whose rank 0 reports)."""
+        self.quiet = quiet or as_json or silent
         self.as_json = as_json
+        self.silent = silent
         # soft_wrap: paths and commands stay on one line, whatever the terminal width.
         self.out = console(stderr=False)
         self.err = console(stderr=True)
@@ -55,11 +58,13 @@ class Output:
             self.err.print(text)
 
     def table(self, table: Table) -> None:
-        if not self.as_json:
+        if not self.as_json and not self.silent:
             self.out.print(table)
 
     def result(self, data: Any, text: str | None = None) -> None:
         """The command's final result: JSON in --json mode, else `text` when given."""
+        if self.silent:
+            return
         if self.as_json:
             sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
         elif text:

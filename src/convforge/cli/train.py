@@ -8,6 +8,8 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 from convforge.cli.common import (
     AmpOption,
@@ -23,7 +25,7 @@ from convforge.cli.common import (
     user_errors,
 )
 from convforge.cli.tables import eval_table
-from convforge.errors import ConfigError
+from convforge.errors import ConfigError, UserError
 from convforge.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -133,6 +135,20 @@ def train_command(
         Path | None,
         typer.Option("--resume", help="Continue this interrupted run (mid-epoch, from its last checkpoint)."),
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(help="Train on N processes of this machine (torchrun's launcher; gloo on CPUs, NCCL on GPUs); "
+                     "--batch-size is per process."),
+    ] = None,
+    sync_bn: Annotated[bool, typer.Option(help="With several processes: BatchNorm over the global batch (GPUs).")] = (
+        _D.sync_bn
+    ),
+    scale_lr: Annotated[
+        bool, typer.Option(help="With several processes: multiply --lr by their number (linear scaling rule).")
+    ] = _D.scale_lr,
+    dist_timeout: Annotated[
+        float, typer.Option(help="With several processes: seconds to wait for the others before stopping.")
+    ] = _D.dist_timeout,
     config_file: Annotated[
         Path | None,
         typer.Option(
@@ -151,8 +167,25 @@ def train_command(
     From a config file: convforge train --config train.yaml --epochs 5
 
     Adversarially robust: convforge train shapes --model resnet18 --adv pgd --eps 8/255 --adv-steps 7
+
+    On 2 processes: convforge train shapes --nproc 2 (or torchrun --nproc-per-node 2 -m convforge train shapes;
+    several machines: torchrun --nnodes 2 --node-rank K --rdzv-backend c10d --rdzv-endpoint HOST:PORT ...)
     """
-    output = Output(quiet, as_json)
+    import sys
+
+    from convforge.train.distributed import LaunchFailure, launch, launched_world
+
+    if nproc is not None and nproc != 1 and not launched_world().distributed:
+        try:
+            launch(nproc, _without_nproc(sys.argv[1:]))
+        except LaunchFailure as failure:
+            if failure.user_error:
+                raise UserError(str(failure)) from None
+            Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {escape(str(failure))}")
+            raise typer.Exit(code=1) from None
+        return
+    # the other processes of a distributed run print nothing; rank 0 reports
+    output = Output(quiet, as_json, silent=not launched_world().main)
     from convforge.models import check_model_name
     from convforge.robust.attacks import parse_epsilon
     from convforge.train.config import load_config_file
@@ -177,6 +210,7 @@ def train_command(
             crop=crop, img_size=img_size, ema=ema, clip_grad=clip_grad, amp=amp, compile=compile, device=device,
             seed=seed, deterministic=deterministic, val_fraction=val_fraction, strict=strict, max_pixels=max_pixels,
             workers=workers, adv=adv, adv_steps=adv_steps, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
+            sync_bn=sync_bn, scale_lr=scale_lr, dist_timeout=dist_timeout,
         ).items()},  # fmt: skip
         "teacher": ("teacher", str(teacher.resolve()) if teacher is not None else None),
         "hflip": ("hflip", None if hflip is None else (0.5 if hflip else 0.0)),
@@ -199,6 +233,19 @@ def train_command(
             f"test top-1 over {seeds} seeds: {percent(summary['top1_mean'])} ± {percent(summary['top1_std'])}"
         )
     _print_result(output, first.run.path, first, first.test, summary if seeds > 1 else None)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line each launched process runs: this one without --nproc (they are the processes)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 def _given(ctx: typer.Context, param: str) -> bool:

@@ -34,13 +34,19 @@ class BatchLoader:
         drop_last: bool = False,
         device: torch.device | str = "cpu",
         workers: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        """With `world_size` processes (distributed training), this rank's share of every epoch (`order`),
+        cut to N // world_size images so that every rank takes as many batches and the processes step
+        together (at most world_size - 1 images of an epoch are left out)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.imageset = imageset
+        self.rank, self.world_size = rank, world_size
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.drop_last = drop_last and len(imageset) >= batch_size
+        self.drop_last = drop_last and len(imageset) // world_size >= batch_size
         self.device = torch.device(device)
         self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
         self.skipped = 0  # images of a streaming split that could not be decoded, over all epochs
@@ -55,7 +61,7 @@ class BatchLoader:
                 self._labels = self._labels.to(self.device)
 
     def __len__(self) -> int:
-        n = len(self.imageset)
+        n = len(self.imageset) // self.world_size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self, seed: int | None, rank: int = 0, world_size: int = 1) -> np.ndarray:
@@ -75,7 +81,7 @@ class BatchLoader:
         self, seed: int | None = None, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One epoch's batches in the order of `seed`, from batch number `start` (a resumed epoch)."""
-        order = self.order(seed)
+        order = self.order(seed, self.rank, self.world_size)[: len(self.imageset) // self.world_size]
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and chunks and len(chunks[-1]) < self.batch_size:
             chunks.pop()

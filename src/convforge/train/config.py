@@ -38,6 +38,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "adversarial": ("adv", "adv_eps", "adv_steps", "adv_step_size", "adv_val_images"),
     "machine": ("amp", "channels_last", "skip_padding_taps", "compile", "device", "eval_batch_size"),
     "distillation": ("teacher", "kd_alpha", "kd_temperature"),
+    "distributed": ("sync_bn", "scale_lr", "dist_timeout"),
 }
 
 
@@ -91,6 +92,10 @@ class TrainConfig:
     teacher: str | None = None
     kd_alpha: float = 0.0  # weight of the loss on the labels; 1 - kd_alpha goes to the teacher's soft targets
     kd_temperature: float = 1.0
+    # Several processes (torchrun or --nproc; train/distributed.py): batch_size is per process
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm)
+    scale_lr: bool = False  # lr x the number of processes (the linear scaling rule); off: lr as given
+    dist_timeout: float = 300.0  # seconds to wait for the other processes (joining, any collective)
 
     def __post_init__(self) -> None:
         # imported here: the CLI reads this class's defaults without importing timm or torch
@@ -128,6 +133,8 @@ class TrainConfig:
             problems.append(f"kd_alpha is the labels' share of the loss, in [0, 1]; got {self.kd_alpha}")
         if self.kd_temperature <= 0:
             problems.append(f"kd_temperature must be positive, got {self.kd_temperature}")
+        if self.dist_timeout <= 0:
+            problems.append(f"dist_timeout is a number of seconds, more than 0; got {self.dist_timeout}")
         if self.adv is not None:
             if self.adv not in ADVERSARIAL_CHOICES:
                 problems.append(f"adv must be one of {ADVERSARIAL_CHOICES}, got {self.adv!r}")

@@ -21,6 +21,7 @@ a run killed outright still says running, and `--resume` continues it.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -40,7 +41,9 @@ from convforge.errors import RunFolderError, TrainingDiverged, UserError
 from convforge.models.padding_taps import skip_padding_taps
 from convforge.runs import Run, remove_run_folder
 from convforge.tensorfile import stored_shapes
+from convforge.train import distributed
 from convforge.train.config import TrainConfig
+from convforge.train.distributed import SINGLE, World, rank_zero_first
 from convforge.train.evaluate import EvalResult, evaluate
 from convforge.train.hooks import build_step_hooks
 from convforge.train.meter import EpochMeter
@@ -80,8 +83,10 @@ def train(
     saves, loads and resumes it like any other. `force` replaces an existing run folder at `out` (only
     a run folder: one with run.json), once the data and model have loaded, so a mistake in either
     leaves the old run as it was."""
-    config, out, dataset = prepare_run(config, out, runs_root, dataset, force=force)
-    trainer = _Trainer(config, progress, dataset, model=model)
+    world = distributed.join(resolve_device(config.device), config.dist_timeout)
+    with rank_zero_first(world):  # rank 0 checks the folder and fills the data cache; the others then read it
+        config, out, dataset = prepare_run(config, out, runs_root, dataset, force=force, check=world.main)
+    trainer = _Trainer(config, progress, dataset, model=model, world=world)
     return trainer.run_new(out, command or invoked_command(), force=force)
 
 
@@ -113,7 +118,8 @@ def resume(
     # model resumes as itself
     shapes = {k.removeprefix("model."): v for k, v in stored_shapes(run.last_checkpoint).items()
               if k.startswith("model.")}  # fmt: skip
-    return _Trainer(config, progress, dataset, shapes=shapes).run_resumed(run)
+    world = distributed.join(resolve_device(config.device), config.dist_timeout)
+    return _Trainer(config, progress, dataset, shapes=shapes, world=world).run_resumed(run)
 
 
 class _Trainer:
@@ -127,12 +133,13 @@ class _Trainer:
         *,
         model: nn.Module | None = None,
         shapes: dict[str, list[int]] | None = None,
+        world: World = SINGLE,
     ):
-        self.config = config
-        self.progress = progress or TrainProgress(enabled=False)
+        self.config, self.world = config, world
+        self.progress = progress if progress is not None and world.main else TrainProgress(enabled=False)
         self.dataset = dataset
         self.given_model, self.shapes = model, shapes
-        self.device = resolve_device(config.device)
+        self.device = distributed.rank_device(world, resolve_device(config.device))
         self.amp_dtype = resolve_amp(config.amp, self.device)
 
     # ---------------------------------------------------------------------------- set-up
@@ -140,7 +147,8 @@ class _Trainer:
         config = self.config
         set_deterministic(config.deterministic)
         if self.dataset is None:  # a resumed run; a new one got its data from prepare_run
-            self.dataset = load_training_data(config)
+            with rank_zero_first(self.world):
+                self.dataset = load_training_data(config)
         data = self.dataset
         if data.train is None or len(data.train) == 0:
             raise UserError(f"{config.data} has no training images")
@@ -151,6 +159,7 @@ class _Trainer:
             )
         torch.manual_seed(config.seed)
         self.model = build_model(config, data, given=self.given_model, shapes=self.shapes)
+        self.model = distributed.prepare_model(self.model, config, self.world, self.device)
         self.preprocessing, augment_config = resolve_preprocessing(self.model, data.image_shape, config)
         self.spec = ModelSpec(config.model, data.num_classes, data.channels, list(data.classes),
                               self.preprocessing, dict(config.model_kwargs))  # fmt: skip
@@ -158,11 +167,17 @@ class _Trainer:
             skip_padding_taps(self.model)  # exact; resnet18 at 32 px: 1.6x faster with AVX2 kernels
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=memory_format)
-        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.step_model = distributed.wrap(self.model, self.world, self.device)  # DDP when distributed
+        self.step_model = torch.compile(self.step_model) if config.compile else self.step_model
         self.augment = TrainAugment(augment_config, self.preprocessing, data.num_classes, config.label_smoothing)
         self.train_loader = BatchLoader(data.train, config.batch_size, shuffle=True, drop_last=True,
-                                        device=self.device, workers=config.workers)  # fmt: skip
-        self.optimizer, self.scheduler = build_optimizer(self.model, config, len(self.train_loader))
+                                        device=self.device, workers=config.workers, rank=self.world.rank,
+                                        world_size=self.world.size)  # fmt: skip
+        if len(self.train_loader) == 0:
+            raise UserError(f"{len(data.train)} training images give none of the {self.world.size} processes a "
+                            f"batch of {config.batch_size}; lower --batch-size or --nproc")  # fmt: skip
+        lr_scale = self.world.size if config.scale_lr else 1
+        self.optimizer, self.scheduler = build_optimizer(self.model, config, len(self.train_loader), lr_scale)
         self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema else None
         # fp16 needs loss scaling; a disabled scaler passes everything through (bf16, fp32)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -175,21 +190,24 @@ class _Trainer:
 
     def run_new(self, out: Path, command: str, force: bool = False) -> TrainResult:
         self._setup()
-        if force:
+        if force and self.world.main:
             remove_run_folder(out)
-        self.run = Run.create(
-            out, command=command, stage="train", config=self.config.to_dict(), seeds=[self.config.seed]
-        )
-        self.recorder = RunRecorder(self.run, self.spec)
+        self.run = Run.create(out, command=command, stage="train", config=self.config.to_dict(),
+                              seeds=[self.config.seed]) if self.world.main else Run(out)  # fmt: skip
+        self.recorder = RunRecorder(self.run, self.spec, writes=self.world.main)
         amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else "off"
         self.recorder.update(data=self.dataset.summary(), amp=amp, device=str(self.device),
-                             model_given=self.given_model is not None)  # fmt: skip
-        return self._loop()
+                             model_given=self.given_model is not None,
+                             **distributed.describe(self.world, self.config, self.device))  # fmt: skip
+        if self.world.distributed:
+            self.progress.message(distributed.summary_line(self.world, self.config, self.device))
+        with distributed.peers_lost(self.world):
+            return self._loop()
 
     def run_resumed(self, run: Run) -> TrainResult:
         self._setup()
         self.run = run
-        self.recorder = RunRecorder(run, self.spec)
+        self.recorder = RunRecorder(run, self.spec, writes=self.world.main)
         recorded = run.info.get("data", {}).get("fingerprint")
         if recorded and recorded != self.dataset.fingerprint:
             raise UserError(
@@ -206,19 +224,23 @@ class _Trainer:
         self.recorder.forget_after(self.start_epoch, self.position.step if self.position else 0)
         step = self.position.step if self.position else 0
         resumes = [*run.info.get("resumes", []), {"epoch": self.start_epoch, "step": step}]
-        self.recorder.update(status="running", resumes=resumes, error=None)
+        self.recorder.update(status="running", resumes=resumes, error=None,
+                             **distributed.describe(self.world, self.config, self.device))  # fmt: skip
         where = (
             f"epoch {self.start_epoch + 1}, step {step}" if step else f"the end of epoch {self.start_epoch}"
         )
         self.progress.message(f"resuming {run.path} from {where} (of {self.config.epochs} epochs)")
-        return self._loop()
+        with distributed.peers_lost(self.world):
+            return self._loop()
 
     # ------------------------------------------------------------------------------ loop
     def _loop(self) -> TrainResult:
         config, run, recorder = self.config, self.run, self.recorder
         self._clock = time.perf_counter()
-        self._wall_before, self._process_started = run.info.get("wall_seconds", 0.0), self._clock
-        self.checkpoint_clock = CheckpointClock(config.checkpoint_every)
+        self._wall_before = run.info.get("wall_seconds", 0.0) if self.world.main else 0.0
+        self._process_started = self._clock
+        # distributed: epoch ends only (a mid-epoch state would need every rank's generators)
+        self.checkpoint_clock = CheckpointClock(None if self.world.distributed else config.checkpoint_every)
         if self.given_model is not None and not run.last_checkpoint.is_file():
             # a checkpoint from the start: a given model cannot be rebuilt from the config, so a run
             # killed in its first epoch resumes from these weights instead of starting afresh
@@ -283,15 +305,8 @@ class _Trainer:
         config, val_split = self.config, self.dataset.val
         if val_split is None or not len(val_split):
             return {}
-        val = evaluate(
-            eval_model,
-            val_split,
-            self.preprocessing,
-            device=self.device,
-            batch_size=config.eval_batch_size,
-            amp_dtype=self.amp_dtype,
-            workers=config.workers,
-        )
+        val = evaluate(eval_model, val_split, self.preprocessing, device=self.device, world=self.world,
+                       batch_size=config.eval_batch_size, amp_dtype=self.amp_dtype, workers=config.workers)  # fmt: skip
         record = {"val_loss": val.loss, "val_acc": val.top1, "val_top5": val.top5}
         for hook in self.hooks:
             record.update(hook.validation_metrics(eval_model, val_split, self.device, epoch_seed(config.seed, epoch)))
@@ -317,12 +332,13 @@ class _Trainer:
 
     def _train_one_epoch(self, epoch: int, position: EpochPosition | None) -> dict[str, Any]:
         config = self.config
-        seed = epoch_seed(config.seed, epoch)
-        generator = torch.Generator().manual_seed(seed)
+        seed = epoch_seed(config.seed, epoch)  # the epoch's order: the same on every rank
+        draws = distributed.rank_seed(seed, self.world)  # augmentation, dropout, mixup: each rank its own
+        generator = torch.Generator().manual_seed(draws)
         if position is None:
             position = EpochPosition()
-            torch.manual_seed(seed)  # dropout, drop-path
-            np.random.seed(seed % 2**32)  # timm's Mixup draws from NumPy's global generator
+            torch.manual_seed(draws)  # dropout, drop-path
+            np.random.seed(draws % 2**32)  # timm's Mixup draws from NumPy's global generator
         else:  # a mid-epoch checkpoint: the same batches and random draws from where it stopped
             restore_rng(position, generator, self.device)
         self.model.train()
@@ -354,10 +370,11 @@ class _Trainer:
             checkpoint_due = step < steps and self.checkpoint_clock.due()
             if step % sync_every == 0 or step == steps or checkpoint_due:
                 self._check_finite(loss, epoch, step)
-                self.progress.update(step, *meter.rates())
+                loss_mean, accuracy, speed = meter.rates()
+                self.progress.update(step, loss_mean, accuracy, speed * self.world.size)  # global images/s
             if checkpoint_due:
                 self._save_checkpoint(epoch, meter.position(step), generator)
-        return {**meter.summary(), "lr": self.optimizer.param_groups[0]["lr"]}
+        return {**meter.summary(self.world), "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _optimizer_step(self, loss: torch.Tensor, updates: int) -> None:
         """Backward, clip, step, schedule, EMA: the pure part of a training step."""
@@ -389,19 +406,17 @@ class _Trainer:
 
     def _final_evaluation(self) -> EvalResult | None:
         split = self.dataset.test or self.dataset.val
-        if split is None or not len(split) or not self.run.has_model:
+        if split is None or not len(split) or not self.best_epoch:
             return None
-        model, _ = load_model(self.run.path, device=self.device)
+        if self.world.main:  # the weights as saved; the other ranks get them from rank 0
+            model, _ = load_model(self.run.path, device=self.device)
+        else:
+            model = copy.deepcopy(self.ema.module if self.ema is not None else self.model)
+        distributed.broadcast_state(self.world, model)
         if self.config.channels_last:
             model.to(memory_format=torch.channels_last)
-        result = evaluate(
-            model,
-            split,
-            self.preprocessing,
-            device=self.device,
-            batch_size=self.config.eval_batch_size,
-            amp_dtype=self.amp_dtype,
-            workers=self.config.workers,
-        )
+        result = evaluate(model, split, self.preprocessing, device=self.device, world=self.world,
+                          batch_size=self.config.eval_batch_size, amp_dtype=self.amp_dtype,
+                          workers=self.config.workers)  # fmt: skip
         self.recorder.evaluation(split, result)
         return result

@@ -21,6 +21,7 @@ from convforge.data.imageset import ImageSet
 from convforge.data.loader import BatchLoader
 from convforge.data.transforms import Preprocessing, eval_transform
 from convforge.device import autocast_context
+from convforge.train.distributed import SINGLE, World, gather_by_position
 
 
 @dataclass
@@ -45,7 +46,6 @@ class EvalResult:
         return data
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     imageset: ImageSet,
@@ -55,56 +55,75 @@ def evaluate(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     workers: int | None = None,
+    world: World = SINGLE,
 ) -> EvalResult:
-    """Evaluate `model` on every image of `imageset` with the model's own preprocessing."""
+    """Evaluate `model` on every image of `imageset` with the model's own preprocessing. In a distributed
+    `world` every rank evaluates its share (every world-th image) and the per-image results are gathered:
+    every rank returns what one process evaluating the whole split returns."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    num_classes = len(imageset.classes)
-    topk = min(5, num_classes)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    predictions = np.full(len(imageset), -1, dtype=np.int64)
-    confidences = np.zeros(len(imageset), dtype=np.float32)
-    loss_sum, top5_hits, seen = 0.0, 0, 0
-    loader = BatchLoader(imageset, batch_size, shuffle=False, device=device, workers=workers)
+    share = np.arange(len(imageset))[world.rank :: world.size] if world.distributed else None
     try:
-        for images, labels, positions in loader.batches():
-            with autocast_context(device, amp_dtype):
-                logits = model(eval_transform(images, preprocessing))
-            logits = logits.float()
-            if logits.ndim != 2 or logits.shape[1] != num_classes:
-                raise ValueError(f"model output {tuple(logits.shape)} does not match {num_classes} classes")
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            probabilities = logits.softmax(dim=1)
-            confidence, predicted = probabilities.max(dim=1)
-            top5_hits += (logits.topk(topk, dim=1).indices == labels[:, None]).any(dim=1).sum().item()
-            confusion += torch.bincount(
-                (labels * num_classes + predicted).cpu(), minlength=num_classes * num_classes
-            ).view(num_classes, num_classes)
-            positions = positions.cpu().numpy()
-            predictions[positions] = predicted.cpu().numpy()
-            confidences[positions] = confidence.cpu().numpy()
-            seen += len(labels)
+        columns = _per_image(model, imageset if share is None else imageset.subset(share), preprocessing,
+                             batch_size, device, amp_dtype, workers)  # fmt: skip
     finally:
         model.train(was_training)
+    if share is not None:
+        columns = gather_by_position(world, len(imageset), share, columns)
+    return _summarise(imageset, columns)
+
+
+@torch.no_grad()
+def _per_image(model, imageset: ImageSet, preprocessing, batch_size, device, amp_dtype, workers) -> dict:
+    """Prediction, its probability, the loss and whether the label is in the top 5, per image of the
+    split (prediction -1: not evaluated, an image that could not be decoded)."""
+    num_classes = len(imageset.classes)
+    topk = min(5, num_classes)
+    columns = {"predictions": np.full(len(imageset), -1, dtype=np.int64),
+               "confidences": np.zeros(len(imageset), dtype=np.float32),
+               "losses": np.zeros(len(imageset), dtype=np.float64),
+               "top5": np.zeros(len(imageset), dtype=bool)}  # fmt: skip
+    loader = BatchLoader(imageset, batch_size, shuffle=False, device=device, workers=workers)
+    for images, labels, positions in loader.batches():
+        with autocast_context(device, amp_dtype):
+            logits = model(eval_transform(images, preprocessing))
+        logits = logits.float()
+        if logits.ndim != 2 or logits.shape[1] != num_classes:
+            raise ValueError(f"model output {tuple(logits.shape)} does not match {num_classes} classes")
+        confidence, predicted = logits.softmax(dim=1).max(dim=1)
+        positions = positions.cpu().numpy()
+        columns["predictions"][positions] = predicted.cpu().numpy()
+        columns["confidences"][positions] = confidence.cpu().numpy()
+        columns["losses"][positions] = F.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
+        columns["top5"][positions] = (logits.topk(topk, dim=1).indices == labels[:, None]).any(dim=1).cpu().numpy()
+    return columns
+
+
+def _summarise(imageset: ImageSet, columns: dict[str, np.ndarray]) -> EvalResult:
+    num_classes = len(imageset.classes)
+    predictions, confidences = columns["predictions"], columns["confidences"]
     evaluated = predictions >= 0
-    correct = predictions[evaluated] == np.asarray(imageset.labels)[evaluated]
-    confusion_np = confusion.numpy()
-    per_class_total = confusion_np.sum(axis=1)
+    labels = np.asarray(imageset.labels)[evaluated]
+    seen = int(evaluated.sum())
+    correct = predictions[evaluated] == labels
+    confusion = np.bincount(labels * num_classes + predictions[evaluated], minlength=num_classes**2)
+    confusion = confusion.reshape(num_classes, num_classes)
+    per_class_total = confusion.sum(axis=1)
     per_class = {
-        name: (float(confusion_np[i, i] / per_class_total[i]) if per_class_total[i] else None)
+        name: (float(confusion[i, i] / per_class_total[i]) if per_class_total[i] else None)
         for i, name in enumerate(imageset.classes)
     }
     return EvalResult(
         split=imageset.name,
         images=seen,
-        top1=float(np.trace(confusion_np) / max(seen, 1)),
-        top5=float(top5_hits / max(seen, 1)),
-        loss=float(loss_sum / max(seen, 1)),
+        top1=float(np.trace(confusion) / max(seen, 1)),
+        top5=float(columns["top5"][evaluated].sum() / max(seen, 1)),
+        loss=float(columns["losses"][evaluated].sum() / max(seen, 1)),
         classes=list(imageset.classes),
         per_class=per_class,
-        confusion=confusion_np.tolist(),
-        topk=topk,
+        confusion=confusion.tolist(),
+        topk=min(5, num_classes),
         calibration=calibration(confidences[evaluated], correct),
         predictions=predictions,
         confidences=confidences,

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from convforge.train.distributed import SINGLE, World, sum_across
 from convforge.train.position import EpochPosition
 
 CURVE_POINTS_PER_EPOCH = 10  # "step" records in metrics.jsonl
@@ -56,6 +57,12 @@ class EpochMeter:
     def position(self, step: int) -> EpochPosition:
         return EpochPosition(step, self.loss_sum.item(), int(self.correct.item()), self.seen)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, world: World = SINGLE) -> dict[str, Any]:
+        """The epoch's figures; over several processes, summed over all of them (every rank gets the same)."""
         loss, accuracy, speed = self.rates()
+        if world.distributed:
+            seen = self.seen - self.seen_before
+            loss_sum, correct, images, this_epoch = sum_across(
+                world, [self.loss_sum.item(), self.correct.item(), max(self.seen, 1), seen])
+            loss, accuracy, speed = loss_sum / images, correct / images, this_epoch / max(self.elapsed(), 1e-9)
         return {"train_loss": loss, "train_acc": accuracy, "images_per_second": speed, "epoch_seconds": self.elapsed()}

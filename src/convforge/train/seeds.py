@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from convforge.device import resolve_device
 from convforge.errors import UserError
+from convforge.train import distributed
 from convforge.train.config import TrainConfig
 from convforge.train.engine import train
 from convforge.train.progress import TrainProgress
@@ -33,7 +35,9 @@ def train_seeds(
     command = invoked_command()
     # One dataset (and one validation split, drawn with the first seed) for all seeds, so the spread
     # measures training randomness only.
-    config, out, dataset = prepare_run(config, out, runs_root, None, force=force)
+    world = distributed.join(resolve_device(config.device), config.dist_timeout)
+    with distributed.rank_zero_first(world):  # as in `train`: rank 0 checks and fills the cache first
+        config, out, dataset = prepare_run(config, out, runs_root, None, force=force, check=world.main)
     results = []
     for k in range(seeds):
         seed_config = replace(config, seed=config.seed + k)
@@ -44,7 +48,7 @@ def train_seeds(
             train(seed_config, target, progress=progress, command=command, dataset=dataset, force=force and k == 0)
         )
     summary = seeds_summary(results)
-    if seeds > 1:
+    if seeds > 1 and world.main:
         first = results[0].run
         first.append_metrics({"kind": "seeds", **summary})
         first.update(seeds=[r["seed"] for r in summary["runs"]], seeds_summary=summary)

@@ -30,14 +30,16 @@ _SMALL_IMAGE_SIDE = 128  # at or below this, train at the images' own size with 
 
 
 def prepare_run(
-    config: TrainConfig, out: str | Path | None, runs_root: str | Path, dataset: Dataset | None, *, force: bool
-) -> tuple[TrainConfig, Path, Dataset]:
+    config: TrainConfig, out: str | Path | None, runs_root: str | Path, dataset: Dataset | None, *, force: bool,
+    check: bool = True,
+) -> tuple[TrainConfig, Path, Dataset]:  # fmt: skip
     """What a new run needs before it starts, in one place for `train` and `train_seeds`: its folder
     (`out`, default runs/<model>, -2, -3...), checked free (or, with `force`, replaceable) before
-    anything loads so a mistake fails fast; its config with an absolute data spec; its data, loaded
-    unless given."""
+    anything loads so a mistake fails fast (`check`: on the process that writes it); its config with an
+    absolute data spec; its data, loaded unless given."""
     out = Path(out) if out is not None else next_run_dir(runs_root, config.model.split(".")[0])
-    (check_replaceable if force else check_free)(out)
+    if check:
+        (check_replaceable if force else check_free)(out)
     config = replace(config, data=absolute_spec(config.data))
     return config, out, dataset if dataset is not None else load_training_data(config)
 
@@ -94,10 +96,12 @@ def _check_given_model(model: nn.Module, config: TrainConfig, data: Dataset) -> 
     return model
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, updates_per_epoch: int):
-    """timm's optimizer and its per-update schedule (warm-up capped below the epoch count)."""
+def build_optimizer(model: nn.Module, config: TrainConfig, updates_per_epoch: int, lr_scale: float = 1.0):
+    """timm's optimizer and its per-update schedule (warm-up capped below the epoch count); `lr_scale`
+    multiplies the peak learning rate (the linear scaling rule over processes, `scale_lr`)."""
+    lr = config.lr * lr_scale
     optimizer = create_optimizer_v2(
-        model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
+        model, opt=config.opt, lr=lr, weight_decay=config.weight_decay, momentum=config.momentum
     )
     scheduler, _ = create_scheduler_v2(
         optimizer,
@@ -105,7 +109,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, updates_per_epoch: in
         num_epochs=config.epochs,
         warmup_epochs=min(config.warmup_epochs, config.epochs - 1),
         min_lr=config.min_lr,
-        warmup_lr=config.lr * 0.01,
+        warmup_lr=lr * 0.01,
         step_on_epochs=False,
         updates_per_epoch=updates_per_epoch,
     )
