@@ -9,6 +9,10 @@ The decode/preprocess share of a request comes from the server's own stage timin
 
     python benchmarks/serve_load.py RUN [--backend ort] [--requests 3000] [--concurrency 32]
     python benchmarks/serve_load.py RUN --ceiling [--requests 4000]
+    python benchmarks/serve_load.py RUN --workers 1,2 [--repeats 3]
+
+--workers compares `convforge serve --workers N` (N processes, each with its own model, batcher and
+cores / N model threads) at each N given, batched, at --concurrency; the median of --repeats runs each.
 
 --ceiling measures what HTTP alone allows here instead: the same server (in a process of its own) with a
 model that costs nothing (zeros), with small images decoded on the event loop and, for comparison,
@@ -169,6 +173,27 @@ def client_cpu(library: str, url: str, requests: int, concurrency: int) -> float
     return (time.process_time() - started) * 1000 / requests
 
 
+def compare_workers(args, images, out: Path, hardware: str) -> None:
+    """Throughput of the batched server at each worker count, median of --repeats interleaved runs."""
+    counts = [int(n) for n in args.workers.split(",")]
+    runs: dict[int, list[dict]] = {n: [] for n in counts}
+    for _ in range(args.repeats):
+        for n in counts:
+            extra = ["--max-batch", str(args.max_batch), "--workers", str(n)]
+            runs[n].append(serve_and_load(args.run, images, args, extra, args.concurrency, args.requests,
+                                          out / f"workers{n}"))  # fmt: skip
+    print(f"| workers | img/s (median of {args.repeats}) | runs | p50 ms | p99 ms |")
+    print("|---:|---:|---|---:|---:|")
+    table = {}
+    for n in counts:
+        middle = sorted(runs[n], key=lambda r: r["images_per_second"])[len(runs[n]) // 2]
+        rates = ", ".join(f"{r['images_per_second']:.0f}" for r in runs[n])
+        print(f"| {n} | {middle['images_per_second']:.0f} | {rates} | {middle['latency_ms'].get('p50', 0):.1f} | "
+              f"{middle['latency_ms'].get('p99', 0):.1f} |")  # fmt: skip
+        table[n] = runs[n]
+    (out / "serve_workers.json").write_text(json.dumps({"runs": table, "hardware": hardware}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
@@ -179,6 +204,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None, help="model threads (default: all cores)")
     parser.add_argument("--ceiling", action="store_true", help="HTTP alone: a zero-cost model, client CPU")
+    parser.add_argument("--workers", default=None, help="compare these worker counts, like 1,2")
+    parser.add_argument("--repeats", type=int, default=3, help="with --workers: runs per count (median)")
     args = parser.parse_args()
     out = ROOT / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +222,8 @@ def main() -> None:
         (out / "serve_ceiling.json").write_text(json.dumps({**found, "hardware": hardware}, indent=2))
         return
 
+    if args.workers:
+        return compare_workers(args, images, out, hardware)
     results = {"raw_images_per_second": raw_model(args.run, args.backend, images, args.max_batch, 3.0)}
     setups = {"batched": ["--max-batch", str(args.max_batch)], "unbatched": ["--max-batch", "1"]}
     for name, extra in setups.items():
