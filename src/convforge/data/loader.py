@@ -81,7 +81,8 @@ class BatchLoader:
         self, seed: int | None = None, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One epoch's batches in the order of `seed`, from batch number `start` (a resumed epoch)."""
-        order = self.order(seed, self.rank, self.world_size)[: len(self.imageset) // self.world_size]
+        order = self.order(seed, self.rank, self.world_size)
+        order = order[: len(self.imageset) // self.world_size]  # as many images on every rank
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and chunks and len(chunks[-1]) < self.batch_size:
             chunks.pop()

@@ -31,8 +31,6 @@ from torch import nn
 
 from convforge.errors import UserError
 
-DEFAULT_TIMEOUT_S = 300.0  # joining the group, and any collective: a dead peer ends the run, not hangs it
-
 
 @dataclass(frozen=True)
 class World:
@@ -62,8 +60,9 @@ def launched_world() -> World:
     return World(rank, size, local) if size > 1 else SINGLE
 
 
-def join(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
-    """Join the process group torchrun set up (gloo for CPU training, NCCL for CUDA); SINGLE without one."""
+def join(device: torch.device, timeout_s: float) -> World:
+    """Join the process group torchrun set up (gloo for CPU training, NCCL for CUDA), waiting at most
+    `timeout_s` (TrainConfig.dist_timeout) here and in every collective after; SINGLE without one."""
     world = launched_world()
     if not world.distributed or dist.is_initialized():
         return world
