@@ -45,7 +45,7 @@ def _calls(path: Path) -> set[str]:
 
 # Renaming a file into place is the atomic writer's job. data/cache.py renames whole folders (a
 # decode-cache entry), and runs.py fsyncs the lines it appends to metrics.jsonl: neither writes a file.
-RENAMERS = {"files.py": {"os.replace", "tempfile.mkstemp", "os.fsync"},
+RENAMERS = {"files.py": {"os.replace", "tempfile.mkstemp", "os.fsync", "os.rename", "tempfile.mkdtemp"},
             "data/cache.py": {"os.rename", "tempfile.mkdtemp"}, "runs.py": {"os.fsync"}}  # fmt: skip
 
 

@@ -5,10 +5,13 @@ place (temporary file in the same folder, fsync, rename)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,30 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A folder written whole or not at all: the caller fills the temporary folder this yields (beside
+    `path`, so the rename stays on one file system); every file in it is fsynced and the folder renamed
+    to `path` when the block ends without an error, or removed when it raises. `path` must not exist."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+        for folder in (tmp, *(f for f in tmp.rglob("*") if f.is_dir())):
+            os.chmod(folder, _file_mode() | (_file_mode() & 0o444) >> 2)  # mkdtemp's 0700 -> what mkdir gives
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -15,7 +15,7 @@ app = typer.Typer(
     help="Build a convolutional vision model from a zoo of architectures, train it on your images, "
     "evaluate it, explain what it looks at, stress it with attacks and corruptions, export it to ONNX, "
     "prune and quantize it, measure what it costs and serve it over HTTP; one run folder keeps its whole "
-    "history. "
+    "history; write your data as WebDataset shards to stream it to several processes. "
     "Start with `convforge demo`.",
     no_args_is_help=True,
     add_completion=False,
@@ -57,10 +57,12 @@ def _register() -> None:
         report,
         robust,
         serve,
+        shard,
         train,
     )  # fmt: skip
 
-    commands = (models, train, evaluate, predict, explain, robust, export, quantize, prune, bench, serve, report, demo)
+    commands = (models, shard, train, evaluate, predict, explain, robust, export, quantize, prune, bench, serve, report,
+                demo)  # fmt: skip
     for module in commands:
         module.register(app)
 

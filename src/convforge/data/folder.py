@@ -35,7 +35,7 @@ SPLIT_ALIASES = {
     "test": ("test", "testing"),
 }
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-_PEEK_FILES = 32
+PEEK_FILES = 32
 _MAX_NATIVE_SIDE = 512
 _PARALLEL_THRESHOLD = 2_000
 
@@ -298,14 +298,19 @@ def choose_storage_shape(listing: FileListing, mode: str, storage_size: int, max
     """
     channels = 3 if mode == "RGB" else 1
     names = [name for items in listing.splits.values() for name, _ in items]
-    step = max(1, len(names) // _PEEK_FILES)
+    step = max(1, len(names) // PEEK_FILES)
     sizes = []
-    for name, data in _read_some(listing, names[::step][:_PEEK_FILES]):
+    for name, data in _read_some(listing, names[::step][:PEEK_FILES]):
         try:
             image = decode_image(data, mode=mode, max_pixels=max_pixels, name=name)
         except ImageDecodeError:
             continue
         sizes.append(image.shape[:2])
+    return storage_shape_from_sizes(sizes, channels, storage_size)
+
+
+def storage_shape_from_sizes(sizes: list[tuple[int, int]], channels: int, storage_size: int) -> tuple:
+    """`choose_storage_shape`'s rule on the (H, W) of some decoded images (shards use it too)."""
     if not sizes:
         return (storage_size, storage_size, channels)
     if len(set(sizes)) == 1 and max(sizes[0]) <= _MAX_NATIVE_SIDE:
@@ -324,10 +329,10 @@ def _read_some(listing: FileListing, names: list[str]) -> Iterator[tuple[str, by
             except OSError:
                 continue
         return
-    yield from _iter_archive(listing, set(names))
+    yield from iter_archive(listing, set(names))
 
 
-def _iter_archive(listing: FileListing, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+def iter_archive(listing: FileListing, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of the wanted members, in archive order (one sequential pass)."""
     strip = listing.archive_prefix
     with tarfile.open(listing.root) as archive:
@@ -363,7 +368,7 @@ def decode_files(
         position = {name: i for i, (name, _) in enumerate(items)}
         jobs = (
             (position[name], listing.path(name), data, shape, max_pixels)
-            for name, data in _iter_archive(listing, set(position))
+            for name, data in iter_archive(listing, set(position))
         )
     else:
         jobs = ((i, listing.path(name), None, shape, max_pixels) for i, (name, _) in enumerate(items))

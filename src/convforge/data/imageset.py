@@ -61,7 +61,7 @@ class FileImages:
 class ImageSet:
     """One split: `images[indices[i]]` is image i, `labels[i]` its class index into `classes`."""
 
-    images: np.ndarray | FileImages
+    images: Any  # np.ndarray (often memory-mapped), FileImages or data.shards.ShardImages
     labels: np.ndarray
     classes: list[str]
     indices: np.ndarray | None = None
@@ -79,11 +79,13 @@ class ImageSet:
 
     @property
     def streaming(self) -> bool:
-        return isinstance(self.images, FileImages)
+        """Read on demand (`FileImages`, `data.shards.ShardImages`: `read(row)`, `image_shape`, `strict`)
+        rather than held as an array."""
+        return not isinstance(self.images, np.ndarray)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        if isinstance(self.images, FileImages):
+        if self.streaming:
             return self.images.image_shape
         return tuple(self.images.shape[1:])
 

@@ -73,6 +73,9 @@ class BatchLoader:
         for collective steps is the distributed sampler's choice, pad or drop)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if hasattr(self.imageset.images, "epoch_order"):  # shards: a stream's order (data/shards.py)
+            return self.imageset.images.epoch_order(self.imageset.indices, seed if self.shuffle else None,
+                                                    rank, world_size)  # fmt: skip
         n = len(self.imageset)
         order = np.random.default_rng(seed).permutation(n) if self.shuffle else np.arange(n)
         return order[rank::world_size]

@@ -2,7 +2,8 @@
 
 Specs (DESIGN.md, Datasets): a folder (ImageFolder, optional train/ val/ test/ splits) or a
 .tar/.tar.gz of one, `mnist:PATH`, `fashion-mnist:PATH`, `cifar10:PATH` (python batches, an
-ImageFolder, or the .tar.gz of one), `csv:FILE` (path,label[,split] rows) and the built-in `shapes`
+ImageFolder, or the .tar.gz of one), `csv:FILE` (path,label[,split] rows), `wds:FOLDER` or
+`wds:PATTERN` (WebDataset shards, data/shards.py: streamed from the tars, never cached) and the built-in `shapes`
 (options as `shapes:size=32,train=2000,seed=1`). Nothing is ever downloaded. Any spec takes a last
 option `,limit=N`: at most N images per split, drawn stratified by class with a fixed seed (the same
 subset every time, whatever the run's seed), for a small first run on a large dataset.
@@ -36,11 +37,12 @@ from convforge.data.folder import (
     sha256_file,
 )
 from convforge.data.imageset import Dataset, FileImages, ImageSet, SkippedFile
+from convforge.data.shards import load_shards
 from convforge.errors import DatasetError, did_you_mean
 from convforge.files import cache_root
 
 log = logging.getLogger(__name__)
-SCHEMES = ("shapes", "mnist", "fashion-mnist", "cifar10", "csv")
+SCHEMES = ("shapes", "mnist", "fashion-mnist", "cifar10", "csv", "wds")
 _SPLIT_ORDER = ["train", "val", "test"]
 _SCHEME_PATTERN = re.compile(r"^([a-z][a-z0-9-]+):(.*)$", re.IGNORECASE)
 
@@ -70,7 +72,7 @@ def load_dataset(
     if channels not in (None, 1, 3):
         raise DatasetError(f"channels must be 1 or 3, got {channels}")
     body, limit = split_limit(spec)
-    scheme, target = _parse(body)
+    scheme, target = parse_scheme(body)
     budget = memory_budget if memory_budget is not None else default_memory_budget()
     if scheme == "shapes":
         dataset = _load_shapes(body, target)
@@ -78,6 +80,9 @@ def load_dataset(
         dataset = _load_idx(body, Path(target).expanduser(), scheme)
     elif scheme == "cifar10" and (batches := arrays.is_cifar_batches(Path(target).expanduser())):
         dataset = _load_cifar_batches(body, batches)
+    elif scheme == "wds":
+        dataset = load_shards(body, target, channels=channels, storage_size=storage_size, max_pixels=max_pixels,
+                              strict=strict)  # fmt: skip
     elif scheme == "csv":
         listing = limit_listing(list_csv(Path(target).expanduser()), limit)
         dataset = _load_files(body, listing, channels or 3, storage_size, max_pixels, budget, workers, strict)
@@ -171,7 +176,7 @@ def stratified_positions(labels: np.ndarray, count: int, seed: int = 0) -> np.nd
     return np.sort(np.concatenate(chosen))
 
 
-def _parse(spec: str) -> tuple[str, str]:
+def parse_scheme(spec: str) -> tuple[str, str]:
     if spec == "shapes":
         return "shapes", ""
     match = _SCHEME_PATTERN.match(spec)
@@ -194,7 +199,7 @@ def is_dataset_spec(items: list[str]) -> bool:
         return False
     try:
         body, _ = split_limit(items[0])
-        scheme, target = _parse(body)
+        scheme, target = parse_scheme(body)
     except DatasetError:  # an unknown scheme or a bad limit: not a dataset, so taken for file names
         return False
     if scheme != "folder":
@@ -206,7 +211,7 @@ def is_dataset_spec(items: list[str]) -> bool:
 def absolute_spec(spec: str) -> str:
     """The same spec with its path made absolute, so a run folder can be resumed from anywhere."""
     body, limit = split_limit(spec)
-    scheme, target = _parse(body)
+    scheme, target = parse_scheme(body)
     if scheme == "shapes":
         return spec
     path = str(Path(target).expanduser().resolve())
@@ -217,7 +222,7 @@ def absolute_spec(spec: str) -> str:
 def mirror_invariant(spec: str) -> bool:
     """Whether a mirrored image keeps its class: not for digits (a mirrored 2, 3, 7 is no digit),
     so horizontal flips are off by default for `mnist:` data."""
-    scheme, _ = _parse(split_limit(spec)[0])
+    scheme, _ = parse_scheme(split_limit(spec)[0])
     return scheme != "mnist"
 
 
