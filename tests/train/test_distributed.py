@@ -76,17 +76,26 @@ def test_two_processes_follow_one_process_with_the_global_batch(tmp_path):
 def _evaluate_as_rank(rank: int, run: str, data: str, store: str, out: str) -> None:
     import torch.distributed as dist
 
-    from convforge.train.distributed import World
+    import torch
+
+    from convforge.train.distributed import World, broadcast_state
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     model, spec = load_model(run)
+    if rank:  # as in the engine's final evaluation: rank 1's own (here: scrambled) channels_last copy gets rank 0's
+        model.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_()
+    broadcast_state(World(rank, 2, rank), model)
     result = evaluate(model, load_dataset(data).test, spec.preprocessing, batch_size=64, world=World(rank, 2, rank))
     Path(out, f"rank{rank}.json").write_text(json.dumps(result.to_dict()))
     dist.destroy_process_group()
 
 
 def test_an_evaluation_split_across_ranks_is_the_single_process_one(tiny_run, tmp_path):
-    """Each rank evaluates every other image; the gathered figures are those of one process on the whole split."""
+    """Each rank evaluates every other image; the gathered figures are those of one process on the whole split
+    (rank 1 with rank 0's weights broadcast into its channels_last model)."""
     import torch.multiprocessing as mp
 
     from tests.helpers import TINY_SHAPES

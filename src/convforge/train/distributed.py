@@ -190,10 +190,17 @@ def gather_by_position(world: World, total: int, positions: np.ndarray, columns:
 
 
 def broadcast_state(world: World, model: nn.Module) -> None:
-    """Rank 0's weights in every rank's `model` (the same architecture and widths everywhere)."""
+    """Rank 0's weights in every rank's `model` (the same architecture and widths everywhere). A
+    channels_last weight goes through a contiguous copy: gloo fills the storage in the sender's element
+    order, which would scramble a tensor laid out otherwise."""
     if world.distributed:
         for tensor in model.state_dict().values():
-            dist.broadcast(tensor, src=0)
+            if tensor.is_contiguous():
+                dist.broadcast(tensor, src=0)
+            else:
+                received = tensor.contiguous()
+                dist.broadcast(received, src=0)
+                tensor.copy_(received)
 
 
 def describe(world: World, config, device: torch.device) -> dict[str, Any]:
