@@ -55,7 +55,15 @@ def serve_command(
         int, typer.Option(help="Largest image, in pixels, checked before decoding.", rich_help_panel=_LIMITS)
     ] = 40_000_000,
     top_k: Annotated[int, typer.Option("--top-k", help="Classes per image unless the request asks.")] = 3,
-    workers: Annotated[int, typer.Option(help="Processes, each with its own model and batcher.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Processes, each with its own model and batcher (with --ray: replicas).")
+    ] = 1,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Deploy as a Ray Serve application (@serve.batch, --workers replicas).")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="With --ray: the Ray cluster to join (default: a new local instance).")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="Model threads per worker (default: cores / workers).")] = None,
     decode_workers: Annotated[int, typer.Option(help="Decoding threads per worker (0: one per core).")] = 0,
     inline_decode_kb: Annotated[
@@ -81,6 +89,10 @@ def serve_command(
 
     With --workers N each process loads the model and batches on its own, with cores / N threads;
     on a small machine one worker with all cores batches best.
+
+    With --ray the same predictor runs as a Ray Serve application: --workers replicas, batched by Ray
+    Serve's @serve.batch, on a local Ray instance or the cluster at --ray-address (pip install
+    'convforge[ray]'). The API is the same; metrics are Ray's.
 
     Example: convforge serve runs/demo --backend ort-int8 --port 8000
     """
@@ -110,21 +122,30 @@ def serve_command(
     launch = Launch(str(source), backend_name, host, port, workers, threads, str(resolve_device(device)),
                     settings.to_dict(),
                     onnx_overrides(classes, mean, std, size), access_log, graceful_seconds)  # fmt: skip
+    if ray:
+        try:
+            from convforge.deploy import ray_serve
+        except ImportError as exc:
+            raise ConfigError(f"--ray needs Ray Serve ({exc}); install it with pip install 'convforge[ray]'") from None
     app, model = build_app(launch)  # in this process too: a mistake is said here, once, before workers start
     described = model.describe()
-    if workers > 1:
+    if workers > 1 or ray:
         app = model = None  # each worker loads its own; the supervisor keeps no copy
+    queueing = "queue and deadlines: Ray Serve's" if ray else f"queue {max_queue} images; deadline {timeout_ms:g} ms"
     output.message(
         f"serving {described['name']} ({described['architecture']}, {len(described['classes'])} classes) with "
         f"{described['backend']}{' from ' + described['file'] if described['file'] else ''} on {launch.device}\n"
-        f"  {workers} worker(s) x {launch.threads_per_worker} model thread(s); batches of up to {max_batch} "
-        f"images within {max_delay_ms:g} ms; queue {max_queue} images; deadline {timeout_ms:g} ms\n"
+        f"  {workers} {'Ray Serve replica' if ray else 'worker'}(s) x {launch.threads_per_worker} model thread(s); "
+        f"batches of up to {max_batch} images within {max_delay_ms:g} ms; {queueing}\n"
         f"  limits per request: {max_request_mb:g} MB, {max_images} images, {max_pixels:,} pixels per image\n"
-        f"  http://{host}:{port}/v1/predict  (/v1/models /healthz /readyz /metrics /docs)"
+        f"  http://{host}:{port}/v1/predict  (/v1/models /healthz /readyz{'' if ray else ' /metrics /docs'})"
     )
     if remote:
         output.message(f"[bold yellow]warning:[/bold yellow] listening on {host}: anyone who can reach this "
                        "machine can use the model; there is no authentication")  # fmt: skip
+    if ray:
+        ray_serve.run(launch, ray_address)
+        return
     run(launch, app)
 
 

@@ -101,17 +101,23 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def build_app(launch: Launch):
-    """The app of one worker: the model loaded with this worker's thread count."""
+def build_model(launch: Launch):
+    """The model of one worker (or Ray replica), loaded with its thread count."""
     import torch
 
-    from convforge.deploy.server import ServeSettings, create_app
     from convforge.deploy.serving import open_serving_model
     from convforge.device import resolve_device
 
     torch.set_num_threads(launch.threads_per_worker)
-    model = open_serving_model(launch.source, launch.backend, device=resolve_device(launch.device),
-                               threads=launch.threads_per_worker, overrides=launch.overrides)  # fmt: skip
+    return open_serving_model(launch.source, launch.backend, device=resolve_device(launch.device),
+                              threads=launch.threads_per_worker, overrides=launch.overrides)  # fmt: skip
+
+
+def build_app(launch: Launch):
+    """The app of one worker: the model loaded with this worker's thread count."""
+    from convforge.deploy.server import ServeSettings, create_app
+
+    model = build_model(launch)
     return create_app(model, ServeSettings(**launch.settings)), model
 
 
