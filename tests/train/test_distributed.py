@@ -74,9 +74,8 @@ def test_two_processes_follow_one_process_with_the_global_batch(tmp_path):
 
 
 def _evaluate_as_rank(rank: int, run: str, data: str, store: str, out: str) -> None:
-    import torch.distributed as dist
-
     import torch
+    import torch.distributed as dist
 
     from convforge.train.distributed import World, broadcast_state
 
