@@ -72,6 +72,19 @@ def test_webdataset_reads_the_same_samples(shapes_shards):
     assert all(s["png"] == ours.images.raw(i) for i, s in enumerate(theirs))
 
 
+def test_shards_of_digits_are_not_mirrored(tmp_path):
+    from convforge.data.spec import mirror_invariant
+
+    digits = tmp_path / "idx"
+    digits.mkdir()
+    write_shards("shapes:size=16,train=20,val=0,test=0", tmp_path / "s", shard_size=10_000)
+    assert mirror_invariant(f"wds:{tmp_path / 's'}") and mirror_invariant(f"wds:{tmp_path}/nothing-{{0..1}}.tar")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps({**manifest, "source": f"mnist:{digits}"}))
+    assert not mirror_invariant(f"wds:{tmp_path / 's'}")
+    assert not mirror_invariant(f"wds:{tmp_path / 's'}/train/shard-{{000000..000001}}.tar")
+
+
 def test_a_pattern_inside_a_shard_folder_finds_its_split_and_classes(shapes_shards):
     out, _ = shapes_shards
     dataset = load_dataset(f"wds:{out}/test/shard-{{000000..000000}}.tar")

@@ -338,6 +338,16 @@ def expand_pattern(pattern: str) -> list[str]:
     return names
 
 
+def shard_source(target: str) -> str | None:
+    """The spec a `convforge shard` folder (or a pattern inside one) was written from, when recorded."""
+    path = Path(target).expanduser()
+    folder = path if path.is_dir() else path.parent.parent
+    try:
+        return read_manifest(folder).get("source") if (folder / MANIFEST).is_file() else None
+    except DatasetError:
+        return None
+
+
 def _manifest_near(shard: str) -> dict | None:
     """The manifest of a `convforge shard` folder a pattern points into (OUT/train/shard-*.tar)."""
     folder = Path(shard).parent.parent

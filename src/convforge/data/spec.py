@@ -37,7 +37,7 @@ from convforge.data.folder import (
     sha256_file,
 )
 from convforge.data.imageset import Dataset, FileImages, ImageSet, SkippedFile
-from convforge.data.shards import load_shards
+from convforge.data.shards import load_shards, shard_source
 from convforge.errors import DatasetError, did_you_mean
 from convforge.files import cache_root
 
@@ -221,8 +221,11 @@ def absolute_spec(spec: str) -> str:
 
 def mirror_invariant(spec: str) -> bool:
     """Whether a mirrored image keeps its class: not for digits (a mirrored 2, 3, 7 is no digit),
-    so horizontal flips are off by default for `mnist:` data."""
-    scheme, _ = parse_scheme(split_limit(spec)[0])
+    so horizontal flips are off by default for `mnist:` data (and for shards written from it)."""
+    scheme, target = parse_scheme(split_limit(spec)[0])
+    if scheme == "wds":
+        source = shard_source(target)
+        return mirror_invariant(source) if source else True
     return scheme != "mnist"
 
 
