@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,10 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from convforge.data.folder import FileListing, choose_storage_shape, iter_archive, list_csv, list_image_folder
+from convforge.data.folder import (
+    FileListing,
+    choose_storage_shape,
+    iter_archive,
+    list_csv,
+    list_image_folder,
+    sha256_file,
+)
 from convforge.data.imageset import SkippedFile
 from convforge.data.limits import DEFAULT_MAX_PIXELS
-from convforge.data.shards import FORMAT, MANIFEST, _scan_shard
+from convforge.data.shards import FORMAT, MANIFEST
 from convforge.data.spec import (
     absolute_spec,
     default_memory_budget,
@@ -98,8 +106,8 @@ def write_shards(spec: str, out: str | os.PathLike, *, shard_size: int = 10**9, 
                         skipped.append(SkippedFile(str(item), f"cannot read it: {exc.strerror or exc}"))
                         continue
                     shards.write({"__key__": f"{number:09d}", ext: data, "cls": int(label)})
-            manifest_splits[split] = _describe_split(tmp, split)
-        _remove_spill(tmp / ".spill")
+            manifest_splits[split] = _describe_split(tmp, split, shards.counts)
+        shutil.rmtree(tmp / ".spill", ignore_errors=True)
         manifest = {
             "format": FORMAT,
             "version": 1,
@@ -130,12 +138,15 @@ class _ShardFiles:
     def __init__(self, tar_writer, folder: Path, size: int):
         self.tar_writer, self.folder, self.size = tar_writer, folder, size
         self.number, self.file, self.tar = 0, None, None
+        self.counts: list[int] = []  # samples in each shard written
 
     def write(self, sample: dict) -> None:
         if self.tar is None:
             self.file = open(self.folder / f"shard-{self.number:06d}.tar", "wb")  # noqa: SIM115 (closed in close())
             self.tar = self.tar_writer(self.file, mtime=0.0)  # fixed times: the same data gives the same bytes
+            self.counts.append(0)
         self.tar.write(sample)
+        self.counts[-1] += 1
         if self.file.tell() >= self.size:
             self.close()
 
@@ -152,18 +163,10 @@ class _ShardFiles:
         self.close()
 
 
-def _describe_split(folder: Path, split: str) -> dict:
-    shards = []
-    for path in sorted((folder / split).glob("shard-*.tar")):
-        rows, problems = _scan_shard(str(path), None)
-        if problems:  # our own writer's tar: a problem here is a bug, not bad input
-            raise RuntimeError(f"{path}: {problems[0].reason}")
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        shards.append({"name": f"{split}/{path.name}", "samples": len(rows), "bytes": path.stat().st_size,
-                       "sha256": digest.hexdigest()})  # fmt: skip
+def _describe_split(folder: Path, split: str, counts: list[int]) -> dict:
+    paths = sorted((folder / split).glob("shard-*.tar"))
+    shards = [{"name": f"{split}/{path.name}", "samples": count, "bytes": path.stat().st_size,
+               "sha256": sha256_file(path)} for path, count in zip(paths, counts, strict=True)]  # fmt: skip
     return {"samples": sum(s["samples"] for s in shards), "bytes": sum(s["bytes"] for s in shards), "shards": shards}
 
 
@@ -243,8 +246,3 @@ def _extension(name: str) -> str:
     ext = Path(name).suffix.lower().lstrip(".")
     return ext or "jpg"
 
-
-def _remove_spill(spill: Path) -> None:
-    import shutil
-
-    shutil.rmtree(spill, ignore_errors=True)
