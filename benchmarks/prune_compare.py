@@ -8,7 +8,9 @@ rounding, per-layer ratio; the ratio found by bisection so that the MACs kept ma
 
 Each child is distilled from RUN for --epochs with the same recipe (compress.prune_run.distill_child;
 `--lr` its learning rate, by default a tenth of the parent's), then evaluated on DATA's test split and
-timed at batch 1 and 64 (torch eager fp32, this machine's threads). `--only-time` times the parent and
+timed at batch 1 and 64 against the parent, interleaved (`measure.paired.paired_speedup`: the speed-up
+is the median of per-round ratios with its 95% interval; torch eager fp32, this machine's threads).
+`--only-time` times the parent and
 the children an earlier run left again, on a quiet machine, keeping their accuracies. Children go to
 benchmarks/out/prune_compare/<run>-<criterion>[-<tag>]; the table and the hardware go to
 benchmarks/out/prune_compare-<run>[-<tag>].json.
@@ -29,8 +31,8 @@ from convforge.compress.prune import classifier_layers
 from convforge.compress.prune_run import distill_child, prune_run
 from convforge.data.sample import align_classes
 from convforge.data.spec import load_dataset
-from convforge.measure.cost import measure_latency
 from convforge.measure.counting import count_macs, count_params
+from convforge.measure.paired import paired_speedup
 from convforge.runs import Run, describe_hardware, hardware_fingerprint
 from convforge.train.evaluate import evaluate
 
@@ -79,7 +81,7 @@ def main() -> None:
     input_size = (spec.in_chans, *spec.preprocessing.input_size)
     test = align_classes(load_dataset(args.data, channels=spec.in_chans).eval_split(), spec.classes, args.data)
     parent_top1 = evaluate(model, test, spec.preprocessing).top1
-    rows = [_row("parent", model, test, spec, input_size, args.seconds, top1=parent_top1)]
+    rows = [_row("parent", model, model, input_size, args.seconds, top1=parent_top1)]
     for criterion in args.criteria.split(","):
         out = OUT / "prune_compare" / f"{parent.path.name}-{criterion}{_suffix(args)}"
         shutil.rmtree(out, ignore_errors=True)
@@ -93,7 +95,7 @@ def main() -> None:
             distill_child(parent, spec, load_model(out)[0], args.data, out, epochs=args.epochs, lr=args.lr,
                           force=True)  # fmt: skip
         child = load_model(out)[0]
-        rows.append(_row(criterion, child, test, spec, input_size, args.seconds, pruned_top1=pruned_top1,
+        rows.append(_row(criterion, child, model, input_size, args.seconds, pruned_top1=pruned_top1,
                          top1=evaluate(child, test, spec.preprocessing).top1))  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     hardware = hardware_fingerprint()
@@ -112,12 +114,12 @@ def retime(args) -> None:
     parent = Run.open(args.run)
     path = OUT / f"prune_compare-{parent.path.name}{_suffix(args)}.json"
     record = json.loads(path.read_text())
+    parent_model, spec = load_model(parent.path)
+    input_size = (spec.in_chans, *spec.preprocessing.input_size)
     for row in record["rows"]:
         child = OUT / "prune_compare" / f"{parent.path.name}-{row['name']}{_suffix(args)}"
-        folder = parent.path if row["name"] == "parent" else child
-        model, spec = load_model(folder)
-        input_size = (spec.in_chans, *spec.preprocessing.input_size)
-        row["ms"] = {b: measure_latency(model, input_size, b, budget_seconds=args.seconds).p50_ms for b in (1, 64)}
+        model = parent_model if row["name"] == "parent" else load_model(child)[0]
+        row.update(_row(row["name"], model, parent_model, input_size, args.seconds, top1=row["top1"]))
     record["hardware"] = hardware_fingerprint()
     path.write_text(json.dumps(record, indent=1))
     _table(record["rows"], record["epochs"], record["macs"], parent.path.name, record["hardware"])
@@ -129,17 +131,28 @@ def _table(rows, epochs, macs, name, hardware) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     first = rows[0]
     for row in rows:
-        ms = {int(b): v for b, v in row["ms"].items()}
-        base = {int(b): v for b, v in first["ms"].items()}
+        cells = [_latency_cell(row, b) for b in (1, 64)]
         before = f"{row['pruned_top1']:.2%}" if "pruned_top1" in row else ""
         print(f"| {row['name']} | {row['params'] / first['params']:.1%} | {row['macs'] / first['macs']:.1%} | "
-              f"{ms[1]:.2f} ({base[1] / ms[1]:.2f}x) | {ms[64]:.2f} ({base[64] / ms[64]:.2f}x) | {before} | "
-              f"{row['top1']:.2%} |")  # fmt: skip
+              f"{cells[0]} | {cells[1]} | {before} | {row['top1']:.2%} |")  # fmt: skip
 
 
-def _row(name, model, test, spec, input_size, seconds, **figures) -> dict:
-    ms = {b: measure_latency(model, input_size, b, budget_seconds=seconds).p50_ms for b in (1, 64)}
-    return {"name": name, "params": count_params(model), "macs": count_macs(model, input_size), "ms": ms, **figures}
+def _latency_cell(row: dict, batch: int) -> str:
+    """'1.29 (2.06x, 2.01-2.10)': the child's p50 ms and its paired speed-up over the parent."""
+    ms = {int(b): v for b, v in row["ms"].items()}[batch]
+    ratio = {int(b): r for b, r in row.get("speedup", {}).items()}.get(batch)
+    if ratio is None:
+        return f"{ms:.2f}"
+    noisy = ", too noisy to quote" if ratio["noisy"] else ""
+    return f"{ms:.2f} ({ratio['median']:.2f}x, {ratio['low']:.2f}-{ratio['high']:.2f}{noisy})"
+
+
+def _row(name, model, parent, input_size, seconds, **figures) -> dict:
+    """Counts, and latency timed interleaved with the parent (the parent's own row: its latency alone)."""
+    _, ms, ratios = paired_speedup(parent, model, input_size, (1, 64), 2 * seconds)
+    speedup = {} if model is parent else {b: r.to_dict() for b, r in ratios.items()}
+    return {"name": name, "params": count_params(model), "macs": count_macs(model, input_size), "ms": ms,
+            "speedup": speedup, **figures}  # fmt: skip
 
 
 if __name__ == "__main__":

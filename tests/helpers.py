@@ -2,8 +2,12 @@
 
 TINY_MODEL = "resnet10t"  # narrowed below: about 100k parameters
 TINY_MODEL_KWARGS = {"channels": [16, 24, 32, 48], "stem_width": 8}
-TINY_SHAPES = "shapes:size=32,train=3000,val=200,test=300"
-TINY_TRAINING = {"epochs": 6, "batch_size": 32, "lr": 4e-3, "crop": "none"}
+# Each class's shape filled with its own texture: a second cue the tiny model learns in seconds, so tests
+# that check learning sit far above their bars on every CPU kind (measured: 79.7-82.7% top-1 over seeds
+# 0-1 and with the kernels held to AVX2, in about 6 s; untextured shapes gave 15-31% and made bars of
+# 15-20% a coin toss)
+TINY_SHAPES = "shapes:size=32,train=3000,val=200,test=300,textured=1"
+TINY_TRAINING = {"epochs": 6, "batch_size": 32, "lr": 1e-2, "crop": "none"}
 
 
 def invoke(*args):

@@ -13,7 +13,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "convforge"
 
 # bottom to top; a part may import its own layer's parts and any below
 LAYERS = [
-    {"errors", "_lazy", "_version", "device", "files", "tensorfile"},
+    {"errors", "_lazy", "_version", "device", "files", "tensorfile", "threads"},
     {"data", "measure"},
     {"models"},
     {"runs", "run_samples"},

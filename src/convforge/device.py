@@ -48,14 +48,15 @@ def cpu_has_vnni() -> bool:
     except OSError:
         return False
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    if cap == "AVX2":  # held to AVX2 to reproduce an older machine
-        return False
+    if cap not in ("ALL", "DEFAULT", "") and not any(isa in cap for isa in ("VNNI", "AVX512", "AMX")):
+        return False  # held below VNNI (AVX2, SSE41) to reproduce an older machine
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: 'auto' picks bf16 where the hardware computes it natively (measured faster,
-    see benchmarks/RESULTS.md), else full precision."""
+    """Autocast dtype for *training*: 'auto' picks bf16 where the hardware computes it natively
+    (measured faster, see benchmarks/RESULTS.md), else full precision. Reported figures follow
+    `resolve_inference_amp` instead."""
     if amp == "off":
         return None
     if amp == "fp16":
@@ -67,6 +68,23 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
+
+
+def resolve_inference_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for evaluation and prediction: the one precision rule. Every figure convforge
+    reports for a model (eval, predict, train's validation and final test, prune, quantize, robust,
+    the server's torch backend) is what the deployed float32 model computes, unless the user asks
+    for another precision by name (then the output and the record say so). bf16 autocast moved
+    probabilities by up to 0.3 points and flipped close classes against the exported ONNX model on
+    an AVX-512 BF16 CPU, so "auto" is float32 here."""
+    if amp in ("off", "auto", "fp32", "float32"):
+        return None
+    return resolve_amp(amp, device)
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """'float32', 'bfloat16' or 'float16': the precision a forward pass under `amp_dtype` ran in."""
+    return "float32" if amp_dtype is None else str(amp_dtype).replace("torch.", "")
 
 
 def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):

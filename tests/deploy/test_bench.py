@@ -3,7 +3,7 @@ record in the run, and clear messages for bad options."""
 
 import json
 
-from convforge.deploy.bench import bench, open_source
+from convforge.deploy.bench import TURN, bench, open_source
 from convforge.deploy.export import export_run
 from convforge.runs import Run
 from tests.helpers import invoke
@@ -15,6 +15,12 @@ def test_bench_of_an_exported_run_times_torch_and_ort_and_says_why_int8_is_missi
     rows = {(row.backend, row.batch): row for row in result.rows}
     assert set(rows) == {(b, n) for b in ("torch", "ort", "ort-int8") for n in (1, 4)}
     assert rows[("torch", 1)].speedup == 1.0 and rows[("ort", 4)].latency.iterations >= 5
+    # timed interleaved: every round times both, so the baseline's ratio to itself is exactly 1 in every round
+    assert {k: rows[("torch", 4)].speedup_interval[k] for k in ("median", "low", "high")} == dict.fromkeys(
+        ("median", "low", "high"), 1.0)
+    assert rows[("ort", 4)].speedup_interval["rounds"] * TURN == rows[("torch", 4)].latency.iterations
+    low, high = rows[("ort", 1)].speedup_interval["low"], rows[("ort", 1)].speedup_interval["high"]
+    assert low <= rows[("ort", 1)].speedup <= high
     assert rows[("ort-int8", 1)].latency is None and "convforge quantize" in rows[("ort-int8", 1)].unavailable
     assert rows[("ort", 1)].file_size == (tiny_run_copy / "artifacts" / "model.onnx").stat().st_size
     assert result.threads == 1 and result.params > 0 and result.macs > 0

@@ -38,12 +38,16 @@ def test_the_teacher_scores_the_students_batch_and_takes_the_labels_share(tiny_r
 
 
 def test_a_student_trains_from_a_teacher_run(tiny_run, tmp_path):
-    config = TrainConfig(data=TINY_SHAPES, model=TINY_MODEL, model_kwargs=dict(TINY_MODEL_KWARGS), epochs=1,
-                         batch_size=32, lr=4e-3, crop="none", teacher=str(tiny_run.run.path))  # fmt: skip
+    """The tiny teacher is at ~80%; a fresh student taught for two epochs by its soft targets alone (no label
+    reaches it) reached 54-60% over seeds 0-1 and with the kernels held to AVX2. The bar, 35%, is 15
+    standard errors above chance (10%) and far below what it reaches on any CPU kind."""
+    assert tiny_run.test.top1 > 0.6
+    config = TrainConfig(data=TINY_SHAPES, model=TINY_MODEL, model_kwargs=dict(TINY_MODEL_KWARGS), epochs=2,
+                         batch_size=32, lr=1e-2, crop="none", teacher=str(tiny_run.run.path))  # fmt: skip
     result = train(config, tmp_path / "student")
     info = json.loads((tmp_path / "student" / "run.json").read_text())
     assert info["config"]["teacher"] == str(tiny_run.run.path) and info["config"]["kd_alpha"] == 0.0
-    assert result.test.top1 > 0.15  # ten classes (chance 0.1): it learned from the soft targets alone
+    assert result.test.top1 > 0.35  # ten classes: it learned from the soft targets alone
     epochs = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     epoch = next(record for record in epochs if record["kind"] == "epoch")
     assert 0 < epoch["teacher_seconds"] < epoch["epoch_seconds"]  # the teacher's cost, within the epoch's

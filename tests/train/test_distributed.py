@@ -105,7 +105,7 @@ def test_an_evaluation_split_across_ranks_is_the_single_process_one(tiny_run, tm
              nprocs=2)  # fmt: skip
     for rank in range(2):
         gathered = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert gathered["images"] == alone.images == 300 and gathered["top1"] == alone.top1 > 0.2  # chance: 0.1
+        assert gathered["images"] == alone.images == 300 and gathered["top1"] == alone.top1 > 0.5  # chance: 0.1
         assert gathered["confusion"] == alone.confusion and gathered["per_class"] == alone.per_class
         assert gathered["loss"] == pytest.approx(alone.loss, rel=1e-5)
         assert gathered["calibration"]["ece"] == pytest.approx(alone.calibration["ece"], rel=1e-4)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from convforge import TrainConfig, load_model, train, train_seeds
-from convforge.device import resolve_amp
 from convforge.errors import ConfigError, TrainingDiverged
 from convforge.tensorfile import read_tensors
 from convforge.train.setup import resolve_preprocessing
@@ -32,8 +31,9 @@ def _config(**overrides) -> TrainConfig:
 
 def test_tiny_run_learns_and_writes_a_complete_run_folder(tiny_run):
     run = tiny_run.run
-    # 10 classes, 6 short epochs: chance is 10% (+-1.7% on 300 images); the tiny run reaches ~20%.
-    assert tiny_run.test.top1 > 0.15
+    # 10 classes, 6 short epochs: chance is 10% (+-1.7% on 300 images); the tiny run reaches ~80% on every
+    # CPU kind, so a bar at 50% says it learned without sitting in the noise of any CPU's kernels
+    assert tiny_run.test.top1 > 0.5
     epochs = run.metrics("epoch")
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4, 5, 6]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
@@ -55,10 +55,10 @@ def test_saved_model_reproduces_the_final_evaluation(tiny_run):
 
     model, spec = load_model(tiny_run.run.path)
     dataset = load_dataset(TINY_SHAPES)
-    amp = resolve_amp("auto", torch.device("cpu"))
-    again = evaluate(
-        model.to(memory_format=torch.channels_last), dataset.test, spec.preprocessing, amp_dtype=amp
-    )
+    again = evaluate(model.to(memory_format=torch.channels_last), dataset.test, spec.preprocessing)
+    assert tiny_run.test.precision == again.precision == "float32"  # trained under --amp auto, evaluated as deployed
+    assert tiny_run.run.info["eval_precision"] == "float32"
+    assert all(epoch["val_precision"] == "float32" for epoch in tiny_run.run.metrics("epoch"))
     assert again.top1 == tiny_run.test.top1
     assert again.confusion == tiny_run.test.confusion
 

@@ -24,6 +24,23 @@ SplitOption = Annotated[str | None, typer.Option(help="Dataset split (default: t
 StrictOption = Annotated[bool, typer.Option(help="Stop on unreadable images instead of skipping them.")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")]
 AmpOption = Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16, fp16 or off.")]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Intra-op threads of the model (default: one per core). Fewer leave cores to other work on a "
+        "shared machine.",
+        min=1,
+    ),
+]
+# Evaluation and prediction report what the deployed float32 model computes unless asked otherwise
+InferenceAmpOption = Annotated[
+    str,
+    typer.Option(
+        "--amp",
+        help="off (float32, what the exported model computes; the default), bf16, or fp16 (CUDA). "
+        "The precision is printed and recorded with the figures.",
+    ),
+]
 MaxPixelsOption = Annotated[
     int,
     typer.Option(help="Refuse images that declare more pixels than this (decompression bombs).", min=1),
@@ -99,12 +116,21 @@ def _json_default(value: Any) -> Any:
 
 
 def user_errors(command: Callable) -> Callable:
-    """Print a UserError as one clear message (no traceback) and exit with status 2."""
+    """Print a UserError as one clear message (no traceback) and exit with status 2; restore torch's
+    thread count afterwards."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from convforge.threads import threads_kept
+
         try:
-            return command(*args, **kwargs)
+            with threads_kept():  # a command run in-process (tests) leaves the caller's thread count
+                return command(*args, **kwargs)
+        except ValueError as exc:
+            if "--threads" not in str(exc):
+                raise
+            Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+            raise typer.Exit(code=2) from None
         except UserError as exc:
             # escaped: a message may hold brackets rich would read as markup (pip install 'convforge[lrp]')
             message = escape(str(exc))

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from convforge.cli.common import (
-    AmpOption,
     BatchSizeOption,
     ClassesOption,
     DeviceOption,
+    InferenceAmpOption,
     JsonOption,
     MaxPixelsOption,
     MeanOption,
@@ -18,6 +18,7 @@ from convforge.cli.common import (
     SizeOption,
     StdOption,
     StrictOption,
+    ThreadsOption,
     onnx_overrides,
     user_errors,
 )
@@ -43,7 +44,7 @@ def eval_command(
         ),
     ] = None,
     batch_size: BatchSizeOption = 256,
-    amp: AmpOption = "auto",
+    amp: InferenceAmpOption = "off",
     device: DeviceOption = "auto",
     strict: StrictOption = False,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
@@ -51,6 +52,7 @@ def eval_command(
     mean: MeanOption = None,
     std: StdOption = None,
     size: SizeOption = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -65,15 +67,19 @@ def eval_command(
     Example: convforge eval runs/resnet18 cifar10:data/cifar10-jpg.tar.gz --split test
     """
     output = Output(quiet, as_json)
+    from convforge.threads import set_threads
+
+    set_threads(threads)
     from convforge.data.sample import align_classes, missing_classes
     from convforge.data.spec import absolute_spec, load_dataset
     from convforge.deploy.backends import open_model
-    from convforge.device import resolve_amp, resolve_device
+    from convforge.device import resolve_device, resolve_inference_amp
     from convforge.run_samples import save_prediction_samples
     from convforge.train.evaluate import evaluate
 
     target_device = resolve_device(device)
-    model, spec, run = open_model(run_path, device=target_device, **onnx_overrides(classes, mean, std, size))
+    overrides = onnx_overrides(classes, mean, std, size)
+    model, spec, run = open_model(run_path, device=target_device, threads=threads, **overrides)
     is_onnx = run_path.suffix == ".onnx"
     dataset = load_dataset(data, strict=strict, channels=spec.in_chans, max_pixels=max_pixels,
                            **(_training_val_split(run, data, split) if run else {}))  # fmt: skip
@@ -96,7 +102,7 @@ def eval_command(
         spec.preprocessing,
         batch_size=batch_size,
         device=target_device,
-        amp_dtype=None if is_onnx else resolve_amp(amp, target_device),  # ONNX Runtime runs the file as it is
+        amp_dtype=None if is_onnx else resolve_inference_amp(amp, target_device),  # ONNX Runtime runs the file as it is
     )
     model_file = {"model_file": str(run_path)} if is_onnx else {}
     if run is not None:

@@ -16,6 +16,7 @@ from convforge.cli.common import (
     QuietOption,
     SplitOption,
     StrictOption,
+    ThreadsOption,
     user_errors,
 )
 from convforge.cli.tables import comparison_table
@@ -56,6 +57,7 @@ def explain_command(
     rise_masks: Annotated[int, typer.Option(help="Random masks per image for RISE.")] = 1000,
     device: DeviceOption = "auto",
     strict: StrictOption = False,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -69,6 +71,9 @@ def explain_command(
     Example: convforge explain runs/demo shapes --method gradcam,eigencam --n 16
     """
     output = Output(quiet, as_json)
+    from convforge.threads import set_threads
+
+    set_threads(threads)
     if n < 1 or metric_images < 1:
         raise ConfigError("--n and --metric-images must be at least 1")
     from convforge.checkpoint import load_model

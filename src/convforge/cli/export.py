@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from convforge.cli.common import JsonOption, Output, QuietOption, SplitOption, StrictOption, user_errors
+from convforge.cli.common import (
+    JsonOption,
+    Output,
+    QuietOption,
+    SplitOption,
+    StrictOption,
+    ThreadsOption,
+    user_errors,
+)
 from convforge.cli.tables import export_table
 
 _ATOL, _MIN_AGREEMENT = 1e-3, 0.99  # convforge.deploy.export's defaults, without importing torch
@@ -31,6 +39,7 @@ def export_command(
         bool, typer.Option(help="Compare every module's output, PyTorch against ONNX (done anyway on a failed gate).")
     ] = False,
     strict: StrictOption = False,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -44,6 +53,9 @@ def export_command(
     Example: convforge export runs/resnet18 --images 512
     """
     output = Output(quiet, as_json)
+    from convforge.threads import set_threads
+
+    set_threads(threads)
     from convforge.deploy.export import ParityError, export_run
 
     try:

@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from convforge.cli.common import (
-    AmpOption,
     ClassesOption,
     DeviceOption,
+    InferenceAmpOption,
     JsonOption,
     MaxPixelsOption,
     MeanOption,
@@ -18,6 +18,7 @@ from convforge.cli.common import (
     QuietOption,
     SizeOption,
     StdOption,
+    ThreadsOption,
     onnx_overrides,
     user_errors,
 )
@@ -33,13 +34,14 @@ def predict_command(
         list[str], typer.Argument(metavar="IMAGE...", help="Image files or folders of images.")
     ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image.")] = 3,
-    amp: AmpOption = "auto",
+    amp: InferenceAmpOption = "off",
     device: DeviceOption = "auto",
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     classes: ClassesOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
     size: SizeOption = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -53,13 +55,17 @@ def predict_command(
     Example: convforge predict runs/demo photo1.jpg photos/ --top-k 3
     """
     output = Output(quiet, as_json)
+    from convforge.threads import set_threads
+
+    set_threads(threads)
     from convforge.data.decode import expand_image_paths
     from convforge.deploy.backends import open_model
     from convforge.deploy.predict import predict_files
-    from convforge.device import resolve_amp, resolve_device
+    from convforge.device import resolve_device, resolve_inference_amp
 
     target_device = resolve_device(device)
-    model, spec, _ = open_model(run_path, device=target_device, **onnx_overrides(classes, mean, std, size))
+    overrides = onnx_overrides(classes, mean, std, size)
+    model, spec, _ = open_model(run_path, device=target_device, threads=threads, **overrides)
     files = expand_image_paths(images)
     predictions = predict_files(
         model,
@@ -67,10 +73,11 @@ def predict_command(
         files,
         top_k=top_k,
         device=target_device,
-        amp_dtype=None if run_path.suffix == ".onnx" else resolve_amp(amp, target_device),
+        amp_dtype=None if run_path.suffix == ".onnx" else resolve_inference_amp(amp, target_device),
         max_pixels=max_pixels,
     )
-    table = Table(title=f"{run_path}: {len(files)} image(s)")
+    precision = next((p.precision for p in predictions), "float32")
+    table = Table(title=f"{run_path}: {len(files)} image(s), {precision}")
     table.add_column("image", overflow="fold")
     table.add_column("prediction")
     for prediction in predictions:

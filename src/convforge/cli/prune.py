@@ -12,6 +12,7 @@ from convforge.cli.common import (
     QuietOption,
     SplitOption,
     StrictOption,
+    ThreadsOption,
     parse_batches,
     percent,
     user_errors,
@@ -56,6 +57,7 @@ def prune_command(
     split: SplitOption = None,
     strict: StrictOption = False,
     force: Annotated[bool, typer.Option(help="Replace the run folder --out if it exists.")] = False,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -82,6 +84,9 @@ parent and child are then timed folded.
     Example: convforge prune runs/resnet18 cifar10:data/cifar10 --speedup 2 --out runs/r18-fast
     """
     output = Output(quiet, as_json)
+    from convforge.threads import set_threads
+
+    set_threads(threads)
     from convforge.cli.tables import prune_table
     from convforge.compress.prune_run import prune_run
 
@@ -108,11 +113,15 @@ parent and child are then timed folded.
 
     for note in pruning.notes:
         output.message(f"[yellow]{escape(note)}[/yellow]")
-    if not pruning.reached:
-        kept = ("the fastest model measured was kept" if pruning.target == "speedup"
-                else "the most pruned model was kept")  # fmt: skip
+    if not pruning.reached and pruning.target == "speedup":
+        measured = ", ".join(f"{ratio.median:.2f}x ({ratio.low:.2f}-{ratio.high:.2f}) at batch {batch}"
+                             for batch, ratio in pruning.speedup.items())  # fmt: skip
+        output.message(f"[yellow]the target was not reached: the final paired measurement of parent and child "
+                       f"gave {measured}, whose 95% interval does not clear {pruning.goal:g} at every batch "
+                       "size; the fastest model measured was kept[/yellow]")  # fmt: skip
+    elif not pruning.reached:
         output.message(f"[yellow]the target was not reached: {pruning.target} {pruning.achieved:.3g} against "
-                       f"{pruning.goal:g} at the largest pruning ratio; {kept}[/yellow]")  # fmt: skip
+                       f"{pruning.goal:g} at the largest pruning ratio; the most pruned model was kept[/yellow]")
     if result.fold:
         kept = len(result.fold["kept"])
         output.message(f"folded {result.fold['folded']} BatchNorm(s) into their convolutions"

@@ -15,6 +15,7 @@ from convforge.cli.common import (
     percent,
     user_errors,
 )
+from convforge.cli.tables import speedup_text
 
 
 @user_errors
@@ -51,13 +52,14 @@ def quantize_command(
     result = quantize_run(run_path, data, calibration=calibration, method=method, max_drop=max_drop, split=split,
                           seed=seed, threads=threads, strict=strict, force=force)  # fmt: skip
     table = Table(title=f"{run_path / result.path} ({result.method}, {result.calibration_images} calibration images)")
-    for column in ("", "top-1", "size MB", "batch 1 ms", "batch 64 img/s"):
+    for column in ("", "top-1", "size MB", "batch 1 ms", "batch 64 img/s", "speed-up at 1", "at 64"):
         table.add_column(column, justify="left" if not column else "right")
     for name, top1, size in (("fp32 (ort)", result.fp32_top1, result.fp32_size_bytes),
                              ("int8 (ort-int8)", result.int8_top1, result.size_bytes)):  # fmt: skip
         key = "ort" if name.startswith("fp32") else "ort-int8"
+        speedups = [speedup_text(result.speedup[b]) if key == "ort-int8" else "" for b in (1, 64)]
         table.add_row(name, percent(top1), f"{size / 1e6:.1f}", f"{result.latency_ms[key][1]:.2f}",
-                      f"{result.images_per_second[key][64]:.0f}")  # fmt: skip
+                      f"{result.images_per_second[key][64]:.0f}", *speedups)  # fmt: skip
     output.table(table)
     verdict = "within" if result.within_budget else "[bold red]beyond[/bold red]"
     kept = f"; kept in fp32: {', '.join(result.kept_fp32)}" if result.kept_fp32 else ""

@@ -22,6 +22,7 @@ from convforge.cli.common import (
     SplitOption,
     StdOption,
     StrictOption,
+    ThreadsOption,
     onnx_overrides,
     user_errors,
 )
@@ -75,6 +76,7 @@ def robust_command(
     mean: MeanOption = None,
     std: StdOption = None,
     size: SizeOption = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -96,6 +98,9 @@ def robust_command(
     Example: convforge robust runs/demo shapes --backend torch,ort-int8
     """
     output = Output(quiet, as_json)
+    from convforge.threads import set_threads
+
+    set_threads(threads)
     if n < 1 or batch_size < 1:
         raise ConfigError("--n and --batch-size must be at least 1")
     from convforge.device import resolve_device

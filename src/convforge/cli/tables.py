@@ -19,6 +19,7 @@ def eval_table(result: "EvalResult", title: str) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("split", f"{result.split} ({result.images} images)")
+    table.add_row("precision", result.precision)
     table.add_row("top-1", percent(result.top1))
     table.add_row(f"top-{result.topk}", percent(result.top5))
     table.add_row("loss", f"{result.loss:.4f}")
@@ -152,8 +153,17 @@ def prune_table(result: dict, title: str) -> Table:
     table.add_row("top-1", percent(result["parent_top1"]), percent(result["top1"]), "")
     for batch, speedup in result["speedup"].items():
         parent, child = result["latency_ms"]["parent"][batch], result["latency_ms"]["child"][batch]
-        table.add_row(f"latency batch {batch} (p50 ms)", f"{parent:.2f}", f"{child:.2f}", f"{speedup:.2f}x faster")
+        interval = result.get("speedup_interval", {}).get(batch)
+        told = f"{speedup:.2f}x faster" if interval is None else speedup_text(interval)
+        table.add_row(f"latency batch {batch} (p50 ms)", f"{parent:.2f}", f"{child:.2f}", told)
     return table
+
+
+def speedup_text(ratio: dict) -> str:
+    """'1.52x faster (1.48-1.57)' from a paired measurement's ratio, or why no figure is quoted."""
+    if ratio["noisy"]:
+        return f"[yellow]too noisy to quote ({ratio['low']:.2f}-{ratio['high']:.2f}x)[/yellow]"
+    return f"{ratio['median']:.2f}x faster ({ratio['low']:.2f}-{ratio['high']:.2f})"
 
 
 def export_table(parity: dict, title: str) -> Table:
@@ -178,6 +188,13 @@ def bench_table(result: dict, title: str) -> Table:
         if row["unavailable"]:
             table.add_row(row["backend"], str(row["batch"]), "-", "-", "-", "-", f"[dim]{row['unavailable']}[/dim]")
             continue
+        interval = row.get("speedup_interval")
+        if row.get("noisy") or (interval and interval["noisy"]):
+            table.add_row(row["backend"], str(row["batch"]), "-", "-", "-", "-",
+                          f"[yellow]too noisy to quote: median {row['p50_ms']:.2f} ms, 95% interval "
+                          f"{row['p50_low_ms']:.2f}-{row['p50_high_ms']:.2f}: the machine is busy[/yellow]")
+            continue
+        speedup = f"{row['speedup']:.2f}x" + (f" ({interval['low']:.2f}-{interval['high']:.2f})" if interval else "")
         table.add_row(row["backend"], str(row["batch"]), f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}",
-                      f"{row['images_per_second']:.0f}", f"{row['speedup']:.2f}x", "")  # fmt: skip
+                      f"{row['images_per_second']:.0f}", speedup, "")  # fmt: skip
     return table

@@ -20,6 +20,7 @@ from convforge.cli.common import (
     Output,
     QuietOption,
     StrictOption,
+    ThreadsOption,
     parse_key_values,
     percent,
     user_errors,
@@ -102,6 +103,7 @@ def train_command(
         list[str] | None, typer.Option("--model-arg", help="Extra model keyword, name=value (repeatable).")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding worker processes.")] = None,
+    threads: ThreadsOption = None,
     adv: Annotated[
         str | None,
         typer.Option(help="Adversarial training: pgd (Madry et al.) or fgsm (FGSM with random start, Wong et al.)."),
@@ -209,8 +211,8 @@ def train_command(
             sched=sched, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
             crop=crop, img_size=img_size, ema=ema, clip_grad=clip_grad, amp=amp, compile=compile, device=device,
             seed=seed, deterministic=deterministic, val_fraction=val_fraction, strict=strict, max_pixels=max_pixels,
-            workers=workers, adv=adv, adv_steps=adv_steps, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
-            sync_bn=sync_bn, scale_lr=scale_lr, dist_timeout=dist_timeout,
+            workers=workers, threads=threads, adv=adv, adv_steps=adv_steps, kd_alpha=kd_alpha,
+            kd_temperature=kd_temperature, sync_bn=sync_bn, scale_lr=scale_lr, dist_timeout=dist_timeout,
         ).items()},  # fmt: skip
         "teacher": ("teacher", str(teacher.resolve()) if teacher is not None else None),
         "hflip": ("hflip", None if hflip is None else (0.5 if hflip else 0.0)),

@@ -11,14 +11,21 @@ from typing import Any
 import torch
 
 from convforge.checkpoint import load_model, save_model
-from convforge.compress.prune import NEEDS_DATA, PruneResult, check_criterion, check_target, prune_model
+from convforge.compress.prune import (
+    CONFIRM_ROUNDS,
+    NEEDS_DATA,
+    PruneResult,
+    check_criterion,
+    check_target,
+    prune_model,
+)
 from convforge.data.sample import align_classes, read_pixels, stratified_positions
 from convforge.data.spec import load_dataset
 from convforge.data.transforms import eval_transform
 from convforge.errors import UserError
 from convforge.explain.artifacts import drift_into_run
 from convforge.explain.inputs import dataset_inputs
-from convforge.measure.cost import measure_latency
+from convforge.measure.paired import paired_speedup
 from convforge.models.fold import fold_model
 from convforge.runs import WEIGHTS_FILE, Run, check_free, check_replaceable, remove_run_folder
 from convforge.train.config import TrainConfig
@@ -37,18 +44,21 @@ class PruneRunResult:
     parent_top1: float
     pruned_top1: float  # before any fine-tuning
     top1: float  # after fine-tuning, if any
-    latency_ms: dict[str, dict[int, float]]  # parent/child -> batch -> p50
+    latency_ms: dict[str, dict[int, float]]  # parent/child -> batch -> p50, timed interleaved
     drift: dict[str, Any] | None = None  # how the child explains the parent's test images (explain's drift)
     fold: dict[str, Any] | None = None  # with --fold: what was folded and how far the logits moved
 
     @property
     def speedup(self) -> dict[int, float]:
-        return {b: self.latency_ms["parent"][b] / self.latency_ms["child"][b] for b in self.latency_ms["child"]}
+        """batch -> the median of per-round ratios of the final paired measurement (`pruning.confirmed`)."""
+        return {batch: ratio.median for batch, ratio in (self.pruning.confirmed or {}).items()}
 
     def to_dict(self) -> dict[str, Any]:
+        intervals = {batch: ratio.to_dict() for batch, ratio in (self.pruning.confirmed or {}).items()}
         return {"child": str(self.child), "pruning": self.pruning.to_dict(), "parent_top1": self.parent_top1,
                 "pruned_top1": self.pruned_top1, "top1": self.top1, "latency_ms": self.latency_ms,
-                "speedup": self.speedup, "drift": self.drift, "fold": self.fold}  # fmt: skip
+                "speedup": self.speedup, "speedup_interval": intervals, "drift": self.drift,
+                "fold": self.fold}  # fmt: skip
 
 
 def prune_run(
@@ -99,11 +109,10 @@ def prune_run(
 
     parent_top1 = evaluate(model, test, spec.preprocessing).top1
     timed_as = (lambda m: fold_model(m).model) if fold else None  # with --fold, both are timed folded
-    parent_latency = _latency(timed_as(model) if fold else model, input_size, batches, latency_seconds)
     child = copy.deepcopy(model)
     pruning = prune_model(child, input_size, criterion=criterion, target=target, goal=goal, round_to=round_to,
                           architecture=spec.architecture, data_batch=data_batch, latency_batches=batches,
-                          latency_seconds=latency_seconds, timed_as=timed_as)  # fmt: skip
+                          latency_seconds=latency_seconds, timed_as=timed_as, confirm=False)  # fmt: skip
     config = {"data": data, "criterion": criterion, "target": target, "goal": goal, "round_to": round_to,
               "batches": list(batches), "finetune": finetune, "fold": fold}  # fmt: skip
     run = None
@@ -116,7 +125,11 @@ def prune_run(
     if fold:
         child, saved_spec, folding = _folded(child, spec, input_size)
         evaluated = evaluate(child, test, spec.preprocessing)
-    latency = {"parent": parent_latency, "child": _latency(child, input_size, batches, latency_seconds)}
+    # the figure reported everywhere (table, run.json, report): the saved child against its parent, timed
+    # interleaved; it decides whether a speed-up target was reached
+    parent_ms, child_ms, pruning.confirmed = paired_speedup(timed_as(model) if fold else model, child, input_size,
+                                                            batches, 2 * CONFIRM_ROUNDS * latency_seconds)  # fmt: skip
+    latency = {"parent": parent_ms, "child": child_ms}
     result = PruneRunResult(out, pruning, parent_top1, pruned.top1, evaluated.top1, latency, fold=folding)
     if run is not None:
         if fold:  # the trained child's weights become the folded ones; its checkpoint stays trainable
@@ -193,10 +206,6 @@ def _reference_batch(dataset, spec, data: str) -> tuple[torch.Tensor, torch.Tens
     pixels, positions, _ = read_pixels(train, stratified_positions(train.labels, min(REFERENCE_IMAGES, len(train)), 0))
     images = eval_transform(torch.from_numpy(pixels), spec.preprocessing)
     return images, torch.as_tensor(train.labels[positions], dtype=torch.long)
-
-
-def _latency(model: torch.nn.Module, input_size, batches, seconds: float) -> dict[int, float]:
-    return {b: measure_latency(model, input_size, b, budget_seconds=seconds).p50_ms for b in batches}
 
 
 def _check_round_trip(folder: Path, model: torch.nn.Module, input_size) -> None:

@@ -39,6 +39,7 @@ class QuantizeResult:
     latency_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # backend -> batch -> p50
     images_per_second: dict[str, dict[int, float]] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
+    speedup: dict[int, dict[str, Any]] = field(default_factory=dict)  # batch -> INT8 against fp32, timed interleaved
 
     @property
     def drop_points(self) -> float:
@@ -116,6 +117,8 @@ def quantize_run(
     for row in timing.rows:
         result.latency_ms.setdefault(row.backend, {})[row.batch] = row.latency.p50_ms
         result.images_per_second.setdefault(row.backend, {})[row.batch] = row.latency.images_per_second
+        if row.backend == "ort-int8":
+            result.speedup[row.batch] = row.speedup_interval
     run.append_metrics({"kind": "quantize", "data": data, "split": test.name, "methods_available": list(METHODS),
                         "skipped_files": len(dataset.skipped) + unreadable, **result.to_dict()})  # fmt: skip
     return result

@@ -81,10 +81,11 @@ class OnnxModule(nn.Module):
     (evaluation, attacks' targets, corruption studies) runs an exported file unchanged. Inference only:
     no parameters, no gradients; float32 outputs on the device the images came from."""
 
-    def __init__(self, session: Any):
+    def __init__(self, session: Any, precision: str = "float32"):
         super().__init__()
         self.session = session
         self.input_name = session.get_inputs()[0].name
+        self.precision = precision  # recorded with every figure evaluated through it
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         array = images.detach().float().cpu().contiguous().numpy()
@@ -94,13 +95,13 @@ class OnnxModule(nn.Module):
 def ort_backend(path: str | os.PathLike, *, name: str = "ort", threads: int | None = None,
                 device: str = "cpu", spinning: bool = True) -> Backend:  # fmt: skip
     """An ONNX file in ONNX Runtime as a backend."""
-    from convforge.deploy.onnx_file import open_session
+    from convforge.deploy.onnx_file import onnx_precision, open_session
 
     path = Path(path)
     if not path.is_file():
         command = "convforge quantize RUN DATA" if name == "ort-int8" else "convforge export RUN"
         raise BackendUnavailable(f"no {path.name} yet; make it with `{command}`")
-    module = OnnxModule(open_session(path, threads, device, spinning=spinning))
+    module = OnnxModule(open_session(path, threads, device, spinning=spinning), onnx_precision(path))
     return Backend(name, lambda images: module(images).numpy(), str(path))
 
 
@@ -151,12 +152,12 @@ def open_model(
     has none). A file without convforge metadata needs `classes`, `mean` and `std` (and `size` when its
     input shape is not fixed)."""
     from convforge.checkpoint import load_model
-    from convforge.deploy.onnx_file import open_session, spec_from_onnx
+    from convforge.deploy.onnx_file import onnx_precision, open_session, spec_from_onnx
 
     path = Path(source)
     if path.suffix == ".onnx":
         spec = spec_from_onnx(path, classes=classes, mean=mean, std=std, input_size=(size, size) if size else None)
-        module = OnnxModule(open_session(path, threads, str(device)))
+        module = OnnxModule(open_session(path, threads, str(device)), onnx_precision(path))
         folder = path.resolve().parent.parent
         owner = Run(folder) if path.parent.name == ARTIFACTS_DIR and (folder / RUN_FILE).is_file() else None
         return module, spec, owner

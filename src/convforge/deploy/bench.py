@@ -3,8 +3,12 @@
 What a source offers: a run folder has its PyTorch model and, once exported and quantized, its ONNX
 files; a model name is the architecture with fresh weights (latency does not depend on the values);
 an `.onnx` file runs in ONNX Runtime only. Every backend is timed the same way
-(`convforge.measure.time_calls`: warm-up, then timed calls within a time budget) on the same random
-input, with the thread count set explicitly for both PyTorch and ONNX Runtime and recorded.
+(`convforge.measure.paired.time_interleaved`: warm-up, then rounds that call every backend once, in
+an order that rotates, within a time budget) on the same random input, with the thread count set
+explicitly for both PyTorch and ONNX Runtime and recorded (ONNX Runtime's threads sleep between calls,
+as in `convforge serve`). A speed-up is the median of per-round
+ratios against the first backend, with its 95% interval; one the machine was too busy to measure
+(interval wider than `NOISY_SPREAD`) is flagged `noisy`, and tables print that instead of the figure.
 """
 
 from __future__ import annotations
@@ -20,8 +24,15 @@ from convforge.checkpoint import ModelSpec
 from convforge.deploy.backends import Backend, BackendUnavailable, ort_backend, torch_backend
 from convforge.errors import UserError
 from convforge.measure.cost import footprint, torch_threads
-from convforge.measure.latency import Latency, time_calls
+from convforge.measure.latency import Latency
+from convforge.measure.paired import time_interleaved
 from convforge.runs import INT8_ONNX_FILE, ONNX_FILE, RUN_FILE, WEIGHTS_FILE, Run
+
+# Each backend's turn in a round: one untimed call to wake its runtime's threads after another runtime ran
+# (the first call after a switch measured 1.1x slower for PyTorch and 1.6x for ONNX Runtime, the next ones
+# as fast as alone), then three timed calls. ONNX Runtime's threads do not spin between calls (as in
+# `convforge serve`): spinning, they took the cores from PyTorch's turn and both were flagged too noisy
+SETTLE, TURN = 1, 3
 
 
 @dataclass
@@ -30,12 +41,14 @@ class BenchRow:
     batch: int
     latency: Latency | None
     unavailable: str | None = None
-    speedup: float | None = None  # against the first backend at this batch size
+    speedup: float | None = None  # against the first backend at this batch size: median of per-round ratios
     file_size: int | None = None
+    speedup_interval: dict[str, Any] | None = None  # Ratio.to_dict(): low, high, rounds, noisy
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "batch": self.batch, "unavailable": self.unavailable, "speedup": self.speedup,
-                "file_size": self.file_size, **(self.latency.to_dict() if self.latency else {})}  # fmt: skip
+                "speedup_interval": self.speedup_interval, "file_size": self.file_size,
+                **(self.latency.to_dict() if self.latency else {})}  # fmt: skip
 
 
 @dataclass
@@ -109,7 +122,7 @@ def make_backend(source: BenchSource, name: str, threads: int | None) -> Backend
     if path is None:
         kind = "an INT8" if name == "ort-int8" else "an exported"
         raise BackendUnavailable(f"{source.name} is not a run folder, so it has no {kind} ONNX file")
-    return ort_backend(path, name=name, threads=threads)
+    return ort_backend(path, name=name, threads=threads, spinning=False)
 
 
 def bench(
@@ -135,19 +148,23 @@ def bench(
             except BackendUnavailable as exc:
                 opened[name] = str(exc)
         generator = torch.Generator().manual_seed(0)
+        available = {name: backend for name, backend in opened.items() if not isinstance(backend, str)}
         for batch in batches:
             images = torch.randn(batch, *source.input_size, generator=generator)
-            baseline = None
+            calls = {name: (lambda b=backend, x=images: b.run(x)) for name, backend in available.items()}
+            # every backend in every round, so a busy moment of the machine lands on all of them alike;
+            # the budget is per backend, as it was when each was timed alone
+            timed = time_interleaved(calls, batch=batch, warmup=warmup, budget_seconds=budget_seconds * len(calls),
+                                     turn=TURN, settle=SETTLE) if calls else None  # fmt: skip
+            baseline = next(iter(calls), None)
             for name in backends:
                 backend = opened[name]
                 if isinstance(backend, str):
                     result.rows.append(BenchRow(name, batch, None, backend))
                     continue
-                latency = time_calls(lambda b=backend, x=images: b.run(x), batch=batch, warmup=warmup,
-                                     budget_seconds=budget_seconds)  # fmt: skip
-                baseline = baseline or latency
-                result.rows.append(BenchRow(name, batch, latency, speedup=baseline.p50_ms / latency.p50_ms,
-                                            file_size=backend.file_size))  # fmt: skip
+                ratio = timed.ratio(baseline, name)
+                result.rows.append(BenchRow(name, batch, timed.latency(name), speedup=ratio.median,
+                                            file_size=backend.file_size, speedup_interval=ratio.to_dict()))  # fmt: skip
     return result
 
 

@@ -66,6 +66,16 @@ def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     return _metadata(read_onnx(path))
 
 
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
+
+
+def onnx_precision(path: str | os.PathLike) -> str:
+    """'int8' when the file's graph quantizes (static or dynamic INT8 operators), else 'float32': the
+    precision recorded with every figure computed by the file."""
+    graph = read_onnx(path).graph
+    return "int8" if any(node.op_type in QUANTIZED_OPS for node in graph.node) else "float32"
+
+
 def _metadata(proto: Any) -> dict[str, str]:
     return {entry.key: entry.value for entry in proto.metadata_props}
 

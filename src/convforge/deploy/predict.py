@@ -11,7 +11,7 @@ from torch import nn
 from convforge.checkpoint import ModelSpec
 from convforge.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from convforge.data.transforms import eval_transform
-from convforge.device import autocast_context
+from convforge.device import autocast_context, precision_name
 from convforge.errors import ImageDecodeError
 
 
@@ -20,6 +20,7 @@ class Prediction:
     path: str
     top: list[tuple[str, float]] | None  # (class, probability), most likely first
     error: str | None = None
+    precision: str = "float32"  # what the forward ran in (device.resolve_inference_amp)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -62,6 +63,7 @@ def predict_files(
     """Predict every file in `paths`; files that cannot be decoded get an `error` instead of classes."""
     device = torch.device(device)
     model.eval()
+    precision = getattr(model, "precision", None) or precision_name(amp_dtype)
     results: list[Prediction | None] = [None] * len(paths)
     pending: list[tuple[int, torch.Tensor]] = []
 
@@ -72,7 +74,7 @@ def predict_files(
         with autocast_context(device, amp_dtype):
             logits = model(batch)
         for (index, _), top in zip(pending, top_classes(logits, list(spec.classes), top_k), strict=True):
-            results[index] = Prediction(paths[index], top)
+            results[index] = Prediction(paths[index], top, precision=precision)
         pending.clear()
 
     for index, path in enumerate(paths):

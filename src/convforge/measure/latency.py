@@ -9,6 +9,7 @@ list of times.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -16,6 +17,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+CONFIDENCE = 0.95
+# A median whose 95% interval spans more than this factor (high / low) is too noisy to quote: on an idle
+# 2-core machine a batch-1 forward's interval spans a few percent; with another process on the cores it
+# spanned 2-50x (benchmarks/RESULTS.md, "threads on a busy machine")
+NOISY_SPREAD = 1.25
 
 
 @dataclass
@@ -27,9 +34,16 @@ class Latency:
     mean_ms: float
     images_per_second: float  # batch / median time
     iterations: int
+    p50_low_ms: float = 0.0  # the 95% interval of the median (order statistics)
+    p50_high_ms: float = 0.0
+
+    @property
+    def noisy(self) -> bool:
+        """The machine did not let the median be measured within NOISY_SPREAD: do not quote it."""
+        return self.p50_high_ms > NOISY_SPREAD * self.p50_low_ms
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "noisy": self.noisy}
 
 
 def time_calls(
@@ -48,7 +62,7 @@ def time_calls(
     device = torch.device(device)
     for _ in range(warmup):
         call()
-    timer = _cuda_timer(device) if device.type == "cuda" else _wall_timer
+    timer = timer_for(device)
     times: list[float] = []
     started = time.perf_counter()
     while True:
@@ -63,9 +77,10 @@ def time_calls(
 
 
 def summarise(seconds: list[float], batch: int) -> Latency:
-    """Percentiles (linear interpolation between order statistics) of per-call times in seconds."""
+    """Percentiles (linear interpolation between order statistics) of per-call times in seconds, and the
+    95% interval of the median."""
     ordered = sorted(seconds)
-    median = statistics.median(ordered)
+    median, low, high = median_interval(ordered)
     return Latency(
         batch=batch,
         p50_ms=median * 1e3,
@@ -74,7 +89,27 @@ def summarise(seconds: list[float], batch: int) -> Latency:
         mean_ms=statistics.fmean(ordered) * 1e3,
         images_per_second=batch / median if median > 0 else float("inf"),
         iterations=len(ordered),
+        p50_low_ms=low * 1e3,
+        p50_high_ms=high * 1e3,
     )
+
+
+def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """The median of `values` and a distribution-free `confidence` interval for it (no assumption about
+    how timings are distributed): order statistics x_(j) and x_(n-j+1), j the largest index such that
+    P(Binomial(n, 1/2) < j) <= (1 - confidence) / 2. Below 6 values no j exists: the whole range."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("no values")
+    tail, j, cumulative = (1 - confidence) / 2, 0, 0.0
+    while j < n // 2:
+        cumulative += math.comb(n, j) / 2**n  # P(Binomial(n, 1/2) == j)
+        if cumulative > tail:
+            break
+        j += 1
+    low, high = (ordered[j - 1], ordered[n - j]) if j else (ordered[0], ordered[-1])
+    return statistics.median(ordered), low, high
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -82,6 +117,11 @@ def _percentile(ordered: list[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def timer_for(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """A function that runs a call and returns the seconds it took on `device` (CUDA events on a GPU)."""
+    return _cuda_timer(device) if device.type == "cuda" else _wall_timer
 
 
 def _wall_timer(call: Callable[[], Any]) -> float:

@@ -36,7 +36,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                      "min_lr", "label_smoothing", "clip_grad", "ema", "ema_decay"),  # fmt: skip
     "augmentation": ("mixup", "cutmix", "crop", "pad", "hflip", "img_size"),
     "adversarial": ("adv", "adv_eps", "adv_steps", "adv_step_size", "adv_val_images"),
-    "machine": ("amp", "channels_last", "skip_padding_taps", "compile", "device", "eval_batch_size"),
+    "machine": ("amp", "channels_last", "skip_padding_taps", "compile", "device", "eval_batch_size", "threads"),
     "distillation": ("teacher", "kd_alpha", "kd_temperature"),
     "distributed": ("sync_bn", "scale_lr", "dist_timeout"),
 }
@@ -81,6 +81,7 @@ class TrainConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images declaring more pixels are refused (decompression bombs)
     workers: int | None = None
     eval_batch_size: int = 256
+    threads: int | None = None  # intra-op threads of the model (default: torch's, one per core)
     checkpoint_every: float | None = 600.0  # seconds between mid-epoch checkpoints (None: epoch ends only)
     # Adversarial training: pgd (Madry et al. 2018) or fgsm with a random start (Wong et al. 2020)
     adv: str | None = None
@@ -133,6 +134,8 @@ class TrainConfig:
             problems.append(f"kd_alpha is the labels' share of the loss, in [0, 1]; got {self.kd_alpha}")
         if self.kd_temperature <= 0:
             problems.append(f"kd_temperature must be positive, got {self.kd_temperature}")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads must be at least 1, got {self.threads}")
         if self.dist_timeout <= 0:
             problems.append(f"dist_timeout is a number of seconds, more than 0; got {self.dist_timeout}")
         if self.adv is not None:

@@ -36,11 +36,12 @@ from convforge.checkpoint import ModelSpec, load_model, load_train_state
 from convforge.data import Dataset
 from convforge.data.loader import BatchLoader
 from convforge.data.transforms import TrainAugment
-from convforge.device import autocast_context, resolve_amp, resolve_device
+from convforge.device import autocast_context, precision_name, resolve_amp, resolve_device
 from convforge.errors import RunFolderError, TrainingDiverged, UserError
 from convforge.models.padding_taps import skip_padding_taps
 from convforge.runs import Run, remove_run_folder
 from convforge.tensorfile import stored_shapes
+from convforge.threads import set_threads, threads_kept, threads_report
 from convforge.train import distributed
 from convforge.train.config import TrainConfig
 from convforge.train.distributed import SINGLE, World, rank_zero_first
@@ -87,7 +88,8 @@ def train(
     with rank_zero_first(world):  # rank 0 checks the folder and fills the data cache; the others then read it
         config, out, dataset = prepare_run(config, out, runs_root, dataset, force=force, check=world.main)
     trainer = _Trainer(config, progress, dataset, model=model, world=world)
-    return trainer.run_new(out, command or invoked_command(), force=force)
+    with threads_kept():  # the run sets its own count (--threads, or one per free core)
+        return trainer.run_new(out, command or invoked_command(), force=force)
 
 
 def resume(
@@ -113,13 +115,15 @@ def resume(
             f"{run.path} stopped before its first checkpoint was written: starting it afresh with its "
             "recorded settings"
         )
-        return trainer.run_new(run.path, info.get("command") or invoked_command(), force=True)
+        with threads_kept():
+            return trainer.run_new(run.path, info.get("command") or invoked_command(), force=True)
     # the layer widths the checkpoint holds, not the architecture's defaults: a fine-tuned pruned
     # model resumes as itself
     shapes = {k.removeprefix("model."): v for k, v in stored_shapes(run.last_checkpoint).items()
               if k.startswith("model.")}  # fmt: skip
     world = distributed.join(resolve_device(config.device), config.dist_timeout)
-    return _Trainer(config, progress, dataset, shapes=shapes, world=world).run_resumed(run)
+    with threads_kept():
+        return _Trainer(config, progress, dataset, shapes=shapes, world=world).run_resumed(run)
 
 
 class _Trainer:
@@ -141,10 +145,15 @@ class _Trainer:
         self.given_model, self.shapes = model, shapes
         self.device = distributed.rank_device(world, resolve_device(config.device))
         self.amp_dtype = resolve_amp(config.amp, self.device)
+        self.resumed_info: dict[str, Any] = {}  # run.json of the run being resumed
 
     # ---------------------------------------------------------------------------- set-up
     def _setup(self) -> None:
         config = self.config
+        # train() restores the caller's count afterwards. A deterministic run keeps one count from start to
+        # resume (reductions split by thread): the one its run.json recorded, else the process's
+        recorded = (self.resumed_info.get("threads") or {}).get("threads") if config.deterministic else None
+        set_threads(config.threads or recorded, automatic=not config.deterministic)
         set_deterministic(config.deterministic)
         if self.dataset is None:  # a resumed run; a new one got its data from prepare_run
             with rank_zero_first(self.world):
@@ -196,7 +205,8 @@ class _Trainer:
                               seeds=[self.config.seed]) if self.world.main else Run(out)  # fmt: skip
         self.recorder = RunRecorder(self.run, self.spec, writes=self.world.main)
         amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else "off"
-        self.recorder.update(data=self.dataset.summary(), amp=amp, device=str(self.device),
+        self.recorder.update(data=self.dataset.summary(), amp=amp, eval_precision=precision_name(None),
+                             device=str(self.device), threads=threads_report(),
                              model_given=self.given_model is not None,
                              **distributed.describe(self.world, self.config, self.device))  # fmt: skip
         if self.world.distributed:
@@ -205,6 +215,7 @@ class _Trainer:
             return self._loop()
 
     def run_resumed(self, run: Run) -> TrainResult:
+        self.resumed_info = run.info
         self._setup()
         self.run = run
         self.recorder = RunRecorder(run, self.spec, writes=self.world.main)
@@ -305,9 +316,11 @@ class _Trainer:
         config, val_split = self.config, self.dataset.val
         if val_split is None or not len(val_split):
             return {}
+        # float32 whatever the training precision (device.resolve_inference_amp): the best epoch is chosen,
+        # and its figure reported, as `convforge eval --split val` and the deployed model compute them
         val = evaluate(eval_model, val_split, self.preprocessing, device=self.device, world=self.world,
-                       batch_size=config.eval_batch_size, amp_dtype=self.amp_dtype, workers=config.workers)  # fmt: skip
-        record = {"val_loss": val.loss, "val_acc": val.top1, "val_top5": val.top5}
+                       batch_size=config.eval_batch_size, workers=config.workers)  # fmt: skip
+        record = {"val_loss": val.loss, "val_acc": val.top1, "val_top5": val.top5, "val_precision": val.precision}
         for hook in self.hooks:
             record.update(hook.validation_metrics(eval_model, val_split, self.device, epoch_seed(config.seed, epoch)))
         return record
@@ -416,7 +429,7 @@ class _Trainer:
         if self.config.channels_last:
             model.to(memory_format=torch.channels_last)
         result = evaluate(model, split, self.preprocessing, device=self.device, world=self.world,
-                          batch_size=self.config.eval_batch_size, amp_dtype=self.amp_dtype,
-                          workers=self.config.workers)  # fmt: skip
+                          batch_size=self.config.eval_batch_size, workers=self.config.workers)  # float32: the rule
+
         self.recorder.evaluation(split, result)
         return result

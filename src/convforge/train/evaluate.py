@@ -20,7 +20,7 @@ from torch import nn
 from convforge.data.imageset import ImageSet
 from convforge.data.loader import BatchLoader
 from convforge.data.transforms import Preprocessing, eval_transform
-from convforge.device import autocast_context
+from convforge.device import autocast_context, precision_name
 from convforge.train.distributed import SINGLE, World, gather_by_position
 
 
@@ -36,6 +36,7 @@ class EvalResult:
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     topk: int = 5
     calibration: dict[str, Any] | None = None  # {"ece", "bins": [{lower, upper, count, confidence, accuracy}]}
+    precision: str = "float32"  # what the forward ran in: float32, bfloat16 (autocast), int8 (a quantized file)
     predictions: np.ndarray | None = field(default=None, repr=False)  # (N,) predicted class
     confidences: np.ndarray | None = field(default=None, repr=False)  # (N,) probability of the prediction
 
@@ -59,7 +60,10 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate `model` on every image of `imageset` with the model's own preprocessing. In a distributed
     `world` every rank evaluates its share (every world-th image) and the per-image results are gathered:
-    every rank returns what one process evaluating the whole split returns."""
+    every rank returns what one process evaluating the whole split returns. `amp_dtype` runs the forward
+    under autocast (the result's `precision` says so); figures convforge reports use None (float32), the
+    rule of `device.resolve_inference_amp`. A model that declares its own `precision` (an INT8 ONNX
+    file) is recorded as that."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -71,7 +75,9 @@ def evaluate(
         model.train(was_training)
     if share is not None:
         columns = gather_by_position(world, len(imageset), share, columns)
-    return _summarise(imageset, columns)
+    result = _summarise(imageset, columns)
+    result.precision = getattr(model, "precision", None) or precision_name(amp_dtype)
+    return result
 
 
 @torch.no_grad()
