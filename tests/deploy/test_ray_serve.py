@@ -11,6 +11,7 @@ import pytest
 
 from convforge.deploy.launch import Launch, build_app
 from convforge.deploy.server import ServeSettings
+from convforge.threads import threads_kept
 from tests.deploy.serving import free_port, png_bytes, serve_app, shape_files
 
 pytest.importorskip("ray.serve")
@@ -34,7 +35,8 @@ def test_ray_serve_answers_as_the_plain_server(tiny_run, tmp_path):
     settings = ServeSettings(max_batch=4, max_delay_ms=20, max_images=4).to_dict()
     launch = Launch(str(tiny_run.run.path), "torch", "127.0.0.1", free_port(), workers=2, threads=1,
                     device="cpu", settings=settings)  # fmt: skip
-    app, _ = build_app(launch)
+    with threads_kept():  # a worker sets its own thread count (1 here); the test process keeps its own
+        app, _ = build_app(launch)
     with serve_app(app) as plain_url:
         plain = _post_all(plain_url, images)
         plain_model = httpx.get(f"{plain_url}/v1/models", timeout=30).json()["models"][0]

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 CONFIDENCE = 0.95
-# A median whose 95% interval spans more than this factor (high / low) is too noisy to quote: on an idle
-# 2-core machine a batch-1 forward's interval spans a few percent; with another process on the cores it
-# spanned 2-50x (benchmarks/RESULTS.md, "threads on a busy machine")
+# A median whose 95% interval spans more than this factor (high / low) is too noisy to quote. On an idle
+# 2-core machine `convforge bench` of the demo model gave intervals of 1-3% (speed-ups 5.06-5.20x, latencies
+# within 2%); with ONNX Runtime's threads spinning through PyTorch's turns, 1.29 (11.74-15.20 ms), which
+# is flagged; a model whose p50 swung 21-644 ms between rounds on a busy machine is far beyond it
 NOISY_SPREAD = 1.25
 
 
