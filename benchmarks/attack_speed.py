@@ -4,10 +4,11 @@ resnet18 (timm, random initialisation: nothing is downloaded) at 32x32 on the fi
 JPEGs of the shared archive, float32 on the CPU, batch 128. PGD-10 (eps 8/255, step 2/255, random
 start) and FGSM (eps 8/255). torchattacks gets the same pixel-space model (convforge's
 PixelSpaceModel) so both attack exactly the same function; convforge runs with its default early
-stop (a sample leaves the batch once fooled) and, as a second row, without it. Images per second
-are medians of --repeats after one warm-up.
+stop (a sample leaves the batch once fooled) and, as a second column, without it. The attacks of a
+row run interleaved in one process, in rotating order (`convforge.measure.paired.time_interleaved`):
+images per second from the median round, ratios the median of per-round ratios with its 95% interval.
 
-    python benchmarks/attack_speed.py --repeats 5
+    python benchmarks/attack_speed.py --budget 20
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import argparse
 import io
 import json
 import os
-import statistics
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 import torchattacks
 from PIL import Image
 
+from convforge.measure.paired import time_interleaved
 from convforge.models.prepared import model_prepared
 from convforge.robust.attacks import PixelSpaceModel, fgsm, pgd
 from convforge.runs import describe_hardware
@@ -46,19 +46,9 @@ def cifar_images(count: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
 
 
-def median_rate(function, images: int, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return images / statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds of timed rounds per attack")
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -81,23 +71,30 @@ def main() -> None:
             ),
         }
         for name, (reference, ours, ours_full) in cases.items():
-            row = {"attack": name, "torchattacks": median_rate(reference, len(images), args.repeats),
-                   "convforge": median_rate(ours, len(images), args.repeats)}  # fmt: skip
+            calls = {"torchattacks": reference, "convforge": ours}
             if ours_full is not None:
-                row["convforge_no_early_stop"] = median_rate(ours_full, len(images), args.repeats)
+                calls["convforge_no_early_stop"] = ours_full
+            timed = time_interleaved(calls, batch=len(images), warmup=1, budget_seconds=args.budget)
+            row = {"attack": name, "rounds": timed.rounds}
+            for tool in calls:
+                row[tool] = timed.latency(tool).images_per_second
+                if tool != "torchattacks":
+                    ratio = timed.ratio("torchattacks", tool)
+                    row[f"{tool}_ratio"], row[f"{tool}_ratio_text"] = ratio.to_dict(), ratio.text()
             rows.append(row)
     hardware = f"{describe_hardware()}, torch {torch.__version__}"
     out = Path(__file__).parent / "out" / "attack_speed.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"hardware": hardware, "batch": args.batch, "rows": rows}, indent=2))
     print(f"resnet18 32x32, batch {args.batch}, float32, {hardware}\n")
-    print("| attack | torchattacks img/s | convforge img/s | ratio | convforge without early stop | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| attack | torchattacks img/s | convforge img/s | ratio (95% interval) "
+          "| convforge without early stop | ratio | rounds |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         full = r.get("convforge_no_early_stop")
-        extra = f"{full:.0f} | {full / r['torchattacks']:.2f}x" if full else "- | -"
+        extra = f"{full:.0f} | {r['convforge_no_early_stop_ratio_text']}" if full else "- | -"
         print(f"| {r['attack']} | {r['torchattacks']:.0f} | {r['convforge']:.0f} | "
-              f"{r['convforge'] / r['torchattacks']:.2f}x | {extra} |")  # fmt: skip
+              f"{r['convforge_ratio_text']} | {extra} | {r['rounds']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """A trained run through the deployment path: export (with the parity gate), INT8 quantization (with
 the accuracy check), then one latency table of PyTorch eager fp32 and bf16, ONNX Runtime fp32 and
-ONNX Runtime INT8 at batch 1 and 64 on the same machine, the same threads and the same input.
+ONNX Runtime INT8 at batch 1 and 64 on the same machine, the same threads and the same input, timed
+interleaved as `convforge bench` times them: each speed-up over ORT fp32 is the median of per-round
+ratios with its 95% interval.
 
     python benchmarks/deploy_int8.py RUN DATA [--calibration 512] [--threads 2] [--seconds 3] [--robust 1000]
 
@@ -24,13 +26,14 @@ from convforge.compress.quantize_run import quantize_run
 from convforge.deploy.backends import run_backend
 from convforge.deploy.bench import bench, open_source
 from convforge.deploy.export import export_run
+from convforge.measure.paired import Ratio
 from convforge.report.compare import comparison
 from convforge.robust.card import robustness_cards, write_card
 from convforge.robust.corruptions import resolve_families
 from convforge.runs import Run, describe_hardware, hardware_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ["torch", "torch-bf16", "ort", "ort-int8"]
+BACKENDS = ["ort", "torch", "torch-bf16", "ort-int8"]  # bench's speed-ups are against the first: ORT fp32
 
 
 def main() -> None:
@@ -55,16 +58,15 @@ def main() -> None:
     print(f"quantize: fp32 top-1 {q.fp32_top1:.4f}, int8 top-1 {q.int8_top1:.4f} (drop {q.drop_points:.2f} "
           f"points, {q.method}, kept in fp32: {q.kept_fp32 or 'none'}), agreement {q.agreement:.4f}, "
           f"size {q.fp32_size_bytes / 1e6:.1f} -> {q.size_bytes / 1e6:.1f} MB")  # fmt: skip
-    ort = {row.batch: row.latency for row in result.rows if row.backend == "ort" and row.latency}
-    print("| backend | batch | p50 ms | p99 ms | img/s | vs ORT fp32 |")
+    print("| backend | batch | p50 ms | p99 ms | img/s | vs ORT fp32 (95% interval) |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in result.rows:
         if row.latency is None:
             print(f"| {row.backend} | {row.batch} | - | - | - | {row.unavailable} |")
             continue
-        ratio = ort[row.batch].p50_ms / row.latency.p50_ms if row.batch in ort else float("nan")
+        ratio = Ratio(**{k: row.speedup_interval[k] for k in ("median", "low", "high", "rounds")})
         print(f"| {row.backend} | {row.batch} | {row.latency.p50_ms:.2f} | {row.latency.p99_ms:.2f} | "
-              f"{row.latency.images_per_second:.0f} | {ratio:.2f}x |")  # fmt: skip
+              f"{row.latency.images_per_second:.0f} | {ratio.text()} |")  # fmt: skip
     cards = robustness(args.run, args.data, args.robust) if args.robust else {}
     out = ROOT / "benchmarks" / "out" / f"deploy_int8-{Path(args.run).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,12 @@ both on the batch as given (NCHW) and in channels-last memory, which is how conv
 (the input only; the model is left as it is): Grad-CAM and Eigen-CAM cannot beat the latter, since
 their backward pass only has to reach the target layer.
 pytorch-grad-cam runs as its README shows (`with GradCAM(model, target_layers) as cam: cam(x, targets)`),
-at its default Score-CAM chunk of 16. Every timing is the median of --repeats after one warm-up.
+at its default Score-CAM chunk of 16. The four calls of a row (both forwards and both explainers) run
+interleaved in one process, in rotating order (`convforge.measure.paired.time_interleaved`): every time
+is the median round, the speed-up the median of per-round ratios with its 95% interval (at least
+--rounds rounds; 3 for the cases where the reference takes tens of seconds a call).
 
-    python benchmarks/explain_speed.py --repeats 5
+    python benchmarks/explain_speed.py --rounds 9
 """
 
 from __future__ import annotations
@@ -24,9 +27,7 @@ import argparse
 import io
 import json
 import os
-import statistics
 import tarfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM progress bars
@@ -40,6 +41,7 @@ from pytorch_grad_cam import EigenCAM, GradCAM, ScoreCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 from convforge.explain import Explainer  # noqa: E402
+from convforge.measure.paired import time_interleaved  # noqa: E402
 from convforge.runs import describe_hardware, hardware_fingerprint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,17 +72,7 @@ def load_images(archive: Path, count: int, size: int) -> torch.Tensor:
     return (x - mean) / std
 
 
-def median_seconds(function, repeats: int) -> tuple[float, list[float]]:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), times
-
-
-def measure(method: str, model_name: str, size: int, batch: int, images: torch.Tensor, repeats: int) -> dict:
+def measure(method: str, model_name: str, size: int, batch: int, images: torch.Tensor, rounds: int) -> dict:
     torch.manual_seed(0)
     model = timm.create_model(model_name, num_classes=1000).eval()
     x = images[:batch]
@@ -107,30 +99,28 @@ def measure(method: str, model_name: str, size: int, batch: int, images: torch.T
             cam(x, [ClassifierOutputTarget(t) for t in targets])
 
     slow = method in ("scorecam", "eigencam")  # the reference takes tens of seconds a call here
-    floor, floor_times = median_seconds(forward, repeats)
-    floor_cl, floor_cl_times = median_seconds(forward_channels_last, repeats)
-    ours, ours_times = median_seconds(convforge_call, repeats)
-    theirs, theirs_times = median_seconds(reference_call, max(1, repeats // 2) if slow else repeats)
+    calls = {"forward": forward, "forward_channels_last": forward_channels_last, "convforge": convforge_call,
+             "pytorch_grad_cam": reference_call}  # fmt: skip
+    timed = time_interleaved(calls, batch=batch, warmup=1, budget_seconds=0, min_rounds=3 if slow else rounds)
+    seconds = {name: timed.latency(name).p50_ms / 1000 for name in calls}
+    speedup = timed.ratio("pytorch_grad_cam", "convforge")
     return {
         "method": method,
         "model": model_name,
         "input": size,
         "batch": batch,
-        "forward_s": floor,
-        "forward_channels_last_s": floor_cl,
-        "convforge_s": ours,
-        "pytorch_grad_cam_s": theirs,
-        "convforge_img_per_s": batch / ours,
-        "pytorch_grad_cam_img_per_s": batch / theirs,
-        "speedup": theirs / ours,
-        "convforge_over_forward": ours / floor,
-        "convforge_over_forward_channels_last": ours / floor_cl,
-        "times": {
-            "forward": floor_times,
-            "forward_channels_last": floor_cl_times,
-            "convforge": ours_times,
-            "pytorch_grad_cam": theirs_times,
-        },
+        "rounds": timed.rounds,
+        "forward_s": seconds["forward"],
+        "forward_channels_last_s": seconds["forward_channels_last"],
+        "convforge_s": seconds["convforge"],
+        "pytorch_grad_cam_s": seconds["pytorch_grad_cam"],
+        "convforge_img_per_s": batch / seconds["convforge"],
+        "pytorch_grad_cam_img_per_s": batch / seconds["pytorch_grad_cam"],
+        "speedup": speedup.to_dict(),
+        "speedup_text": speedup.text(),
+        "convforge_over_forward": 1 / timed.ratio("forward", "convforge").median,
+        "convforge_over_forward_channels_last": 1 / timed.ratio("forward_channels_last", "convforge").median,
+        "times": timed.seconds,
     }
 
 
@@ -139,23 +129,23 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per row (3 for the slow ones)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "explain_speed.json")
     args = parser.parse_args()
     images = {size: load_images(args.archive, 32, size) for size in {c[2] for c in CASES}}
     rows = [
-        measure(method, model, size, batch, images[size], args.repeats)
+        measure(method, model, size, batch, images[size], args.rounds)
         for method, model, size, batch in CASES
     ]
     print("| method | model | input | batch | forward NCHW (s) | forward channels-last (s) | convforge (s) |"
-          " pytorch-grad-cam (s) | convforge img/s | pytorch-grad-cam img/s | speed-up |"
+          " pytorch-grad-cam (s) | convforge img/s | pytorch-grad-cam img/s | speed-up (95% interval) |"
           " convforge / forward (NCHW, channels-last) |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(
             f"| {r['method']} | {r['model']} | {r['input']} | {r['batch']} | {r['forward_s']:.3f} | "
             f"{r['forward_channels_last_s']:.3f} | {r['convforge_s']:.3f} | {r['pytorch_grad_cam_s']:.3f} | "
-            f"{r['convforge_img_per_s']:.1f} | {r['pytorch_grad_cam_img_per_s']:.1f} | **{r['speedup']:.2f}x** | "
+            f"{r['convforge_img_per_s']:.1f} | {r['pytorch_grad_cam_img_per_s']:.1f} | **{r['speedup_text']}** | "
             f"{r['convforge_over_forward']:.2f}x, {r['convforge_over_forward_channels_last']:.2f}x |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,10 @@
 
 The layers of timm's resnet18 at 32x32 input whose taps partly read only padding (layer4 on 1x1 and
 its strided entry onto 1x1), and one that has nothing to skip (layer3 on 2x2, as a control), batch
-256, channels-last, float32: forward + backward milliseconds per call (median of --repeats after a
-warm-up). Then whole training steps of resnet18 (SGD) with the taps kept and skipped.
+256, channels-last, float32: forward + backward milliseconds per call. Then whole training steps of
+resnet18 (SGD) with the taps kept and skipped. Each pair is timed interleaved in one process
+(`convforge.measure.paired.time_interleaved`): milliseconds are medians over rounds, speed-ups the
+median of per-round ratios with its 95% interval.
 
     python benchmarks/padding_taps.py [--avx2]
 
@@ -14,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import timm
@@ -23,6 +23,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from convforge.measure.paired import time_interleaved
 from convforge.models.padding_taps import PaddingAwareConv2d, skip_padding_taps
 from convforge.runs import describe_hardware, hardware_fingerprint
 from cpu_kind import hold_to_avx2
@@ -36,24 +37,14 @@ LAYERS = [
 ]
 
 
-def median_ms(step, repeats: int) -> float:
-    step()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
-
-
-def conv_ms(conv: nn.Conv2d, side: int, batch: int, repeats: int) -> float:
+def conv_step(conv: nn.Conv2d, side: int, batch: int):
     x = torch.randn(batch, conv.in_channels, side, side).to(memory_format=torch.channels_last).requires_grad_()
     conv = conv.to(memory_format=torch.channels_last)
     grad = torch.randn_like(conv(x))
-    return median_ms(lambda: conv(x).backward(grad), repeats)
+    return lambda: conv(x).backward(grad)
 
 
-def step_ms(skip: bool, batch: int, repeats: int) -> float:
+def training_step(skip: bool, batch: int):
     torch.manual_seed(0)
     model = timm.create_model("resnet18", num_classes=10)
     if skip:
@@ -69,33 +60,41 @@ def step_ms(skip: bool, batch: int, repeats: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return median_ms(step, repeats)
+    return step
+
+
+def paired(calls: dict, batch: int, budget: float) -> dict:
+    """Both calls interleaved: each one's median milliseconds and how many times faster 'skipping' ran."""
+    timed = time_interleaved(calls, batch=batch, warmup=1, budget_seconds=budget)
+    ratio = timed.ratio("plain", "skipping")
+    return {"plain_ms": timed.latency("plain").p50_ms, "skipping_ms": timed.latency("skipping").p50_ms,
+            "speedup": ratio.to_dict(), "speedup_text": ratio.text()}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--budget", type=float, default=4.0, help="seconds of timed rounds per pair")
     parser.add_argument("--avx2", action="store_true", help="hold PyTorch and oneDNN to AVX2 (benchmarks/cpu_kind.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "padding_taps.json")
     args = parser.parse_args()
     hold_to_avx2(args.avx2)
     rows = []
     print(f"batch {args.batch}, float32, channels-last; {describe_hardware()}\n")
-    print("| layer | nn.Conv2d ms | PaddingAwareConv2d ms | speed-up |\n|---|---:|---:|---:|")
+    print("| layer | nn.Conv2d ms | PaddingAwareConv2d ms | speed-up (95% interval) |\n|---|---:|---:|---:|")
     for name, cin, cout, stride, side in LAYERS:
         plain = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
         skipping = PaddingAwareConv2d(cin, cout, 3, stride=stride, padding=1)
-        row = {"layer": name, "plain_ms": conv_ms(plain, side, args.batch, args.repeats),
-               "skipping_ms": conv_ms(skipping, side, args.batch, args.repeats)}  # fmt: skip
+        calls = {"plain": conv_step(plain, side, args.batch), "skipping": conv_step(skipping, side, args.batch)}
+        row = {"layer": name, **paired(calls, args.batch, args.budget)}
         rows.append(row)
-        print(f"| {name} | {row['plain_ms']:.1f} | {row['skipping_ms']:.1f} | "
-              f"{row['plain_ms'] / row['skipping_ms']:.2f}x |", flush=True)  # fmt: skip
-    kept, skipped = step_ms(False, args.batch, args.repeats), step_ms(True, args.batch, args.repeats)
-    print(f"\nresnet18 training step at 32x32: {kept:.0f} ms with every tap, {skipped:.0f} ms skipping "
-          f"padding-only taps ({kept / skipped:.2f}x)")  # fmt: skip
-    result = {"benchmark": "padding_taps", "batch": args.batch, "layers": rows, "step_ms_all_taps": kept,
-              "step_ms_skipping": skipped, "hardware": hardware_fingerprint()}  # fmt: skip
+        print(f"| {name} | {row['plain_ms']:.1f} | {row['skipping_ms']:.1f} | {row['speedup_text']} |", flush=True)
+    calls = {"plain": training_step(False, args.batch), "skipping": training_step(True, args.batch)}
+    steps = paired(calls, args.batch, args.budget)
+    print(f"\nresnet18 training step at 32x32: {steps['plain_ms']:.0f} ms with every tap, "
+          f"{steps['skipping_ms']:.0f} ms skipping padding-only taps ({steps['speedup_text']})")
+    result = {"benchmark": "padding_taps", "batch": args.batch, "layers": rows, "training_step": steps,
+              "hardware": hardware_fingerprint()}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"written to {args.out}")

@@ -12,7 +12,11 @@ The decode/preprocess share of a request comes from the server's own stage timin
     python benchmarks/serve_load.py RUN --workers 1,2 [--repeats 3]
 
 --workers compares `convforge serve --workers N` (N processes, each with its own model, batcher and
-cores / N model threads) at each N given, batched, at --concurrency; the median of --repeats runs each.
+cores / N model threads) at each N given, batched, at --concurrency.
+
+Whole server runs are compared in --repeats rounds, every setup once per round in rotating order
+(`convforge.measure.paired.rotating_rounds`); a ratio is the median of per-round ratios with its 95%
+interval, the other figures come from each setup's median run.
 
 --ceiling measures what HTTP alone allows here instead: the same server (in a process of its own) with a
 model that costs nothing (zeros), with small images decoded on the event loop and, for comparison,
@@ -44,6 +48,7 @@ import torch
 from convforge.deploy.load import free_port, run_load, serve_process, wait_ready
 from convforge.deploy.predict import image_tensor
 from convforge.deploy.serving import open_serving_model
+from convforge.measure.paired import Ratio, per_round_ratio, rotating_rounds
 from convforge.runs import describe_hardware, hardware_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,23 +178,31 @@ def client_cpu(library: str, url: str, requests: int, concurrency: int) -> float
     return (time.process_time() - started) * 1000 / requests
 
 
+def median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda r: r["images_per_second"])[len(runs) // 2]
+
+
+def rate_ratio(runs: dict, reference, other) -> Ratio:
+    """How many times the throughput of `reference` `other` reached, round by round."""
+    return per_round_ratio([r["images_per_second"] for r in runs[other]],
+                           [r["images_per_second"] for r in runs[reference]])  # fmt: skip
+
+
 def compare_workers(args, images, out: Path, hardware: str) -> None:
-    """Throughput of the batched server at each worker count, median of --repeats interleaved runs."""
+    """Throughput of the batched server at each worker count, in --repeats rotating rounds."""
     counts = [int(n) for n in args.workers.split(",")]
-    runs: dict[int, list[dict]] = {n: [] for n in counts}
-    for _ in range(args.repeats):
-        for n in counts:
-            extra = ["--max-batch", str(args.max_batch), "--workers", str(n)]
-            runs[n].append(serve_and_load(args.run, images, args, extra, args.concurrency, args.requests,
-                                          out / f"workers{n}"))  # fmt: skip
-    print(f"| workers | img/s (median of {args.repeats}) | runs | p50 ms | p99 ms |")
-    print("|---:|---:|---|---:|---:|")
+    setups = {n: (lambda n=n: serve_and_load(args.run, images, args, ["--max-batch", str(args.max_batch), "--workers",
+                                             str(n)], args.concurrency, args.requests, out / f"workers{n}"))
+              for n in counts}  # fmt: skip
+    runs = rotating_rounds(setups, args.repeats)
+    print(f"| workers | img/s (median of {args.repeats}) | runs | p50 ms | p99 ms | vs {counts[0]} worker(s) |")
+    print("|---:|---:|---|---:|---:|---:|")
     table = {}
     for n in counts:
-        middle = sorted(runs[n], key=lambda r: r["images_per_second"])[len(runs[n]) // 2]
+        middle = median_run(runs[n])
         rates = ", ".join(f"{r['images_per_second']:.0f}" for r in runs[n])
         print(f"| {n} | {middle['images_per_second']:.0f} | {rates} | {middle['latency_ms'].get('p50', 0):.1f} | "
-              f"{middle['latency_ms'].get('p99', 0):.1f} |")  # fmt: skip
+              f"{middle['latency_ms'].get('p99', 0):.1f} | {rate_ratio(runs, counts[0], n).text()} |")  # fmt: skip
         table[n] = runs[n]
     (out / "serve_workers.json").write_text(json.dumps({"runs": table, "hardware": hardware}, indent=2))
 
@@ -205,7 +218,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="model threads (default: all cores)")
     parser.add_argument("--ceiling", action="store_true", help="HTTP alone: a zero-cost model, client CPU")
     parser.add_argument("--workers", default=None, help="compare these worker counts, like 1,2")
-    parser.add_argument("--repeats", type=int, default=3, help="with --workers: runs per count (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds: runs of each setup (median)")
     args = parser.parse_args()
     out = ROOT / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
@@ -226,12 +239,17 @@ def main() -> None:
         return compare_workers(args, images, out, hardware)
     results = {"raw_images_per_second": raw_model(args.run, args.backend, images, args.max_batch, 3.0)}
     setups = {"batched": ["--max-batch", str(args.max_batch)], "unbatched": ["--max-batch", "1"]}
-    for name, extra in setups.items():
-        results[name] = serve_and_load(args.run, images, args, extra, args.concurrency, args.requests, out / name)
+    rounds = rotating_rounds({name: (lambda name=name, extra=extra: serve_and_load(
+        args.run, images, args, extra, args.concurrency, args.requests, out / name)) for name, extra in setups.items()},
+        args.repeats)  # fmt: skip
+    results.update({name: median_run(runs) for name, runs in rounds.items()})
+    results["rounds"] = rounds
+    batching = rate_ratio(rounds, "unbatched", "batched")
+    results["batching_speedup"] = batching.to_dict()
     overload = ["--max-batch", str(args.max_batch), "--max-queue", "64", "--max-images", "1"]
     results["overload"] = serve_and_load(args.run, images, args, overload, 512, args.requests, out / "overload")
 
-    raw, batched, unbatched = results["raw_images_per_second"], results["batched"], results["unbatched"]
+    raw, batched = results["raw_images_per_second"], results["batched"]
     print(f"raw batched model (batch {args.max_batch}, no server): {raw:.0f} img/s")
     print("| setup | concurrency | img/s | p50 ms | p90 ms | p99 ms | mean batch | statuses | decode share |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
@@ -246,8 +264,8 @@ def main() -> None:
     rejected = results["overload"]["rejected_latency_ms"]
     if rejected:
         print(f"overload: 503 answered in p50 {rejected['p50']:.1f} ms, p99 {rejected['p99']:.1f} ms")
-    speedup = batched["images_per_second"] / max(unbatched["images_per_second"], 1e-9)
-    print(f"batching: {speedup:.2f}x unbatched; server/raw: {batched['images_per_second'] / raw:.1%}; "
+    print(f"batching: {batching.text()} unbatched, over {args.repeats} rounds; "
+          f"server/raw: {batched['images_per_second'] / raw:.1%}; "
           f"server memory (MB) before and after the overload run: {results['overload']['rss_mb']}")  # fmt: skip
     results["hardware"] = hardware
     (out / "serve_load.json").write_text(json.dumps(results, indent=2))

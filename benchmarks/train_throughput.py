@@ -15,9 +15,12 @@ Both train the same timm model (resnet18, 10 classes, 32x32 CIFAR-10 JPEGs) with
 `--avx2` holds PyTorch and oneDNN to AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA) to show
 the figures of a CPU without AVX-512 on one that has it; the hardware line says so.
 
-Each configuration is repeated --repeats times; medians are reported. Writes JSON to benchmarks/out/.
+Each round runs every configuration once, in an order that rotates from round to round, so a drift of
+the machine lands on all; the ratio against timm is the median of per-round ratios with its 95%
+interval (`convforge.measure.paired`), images per second the median over rounds. Writes JSON to
+benchmarks/out/.
 
-    python benchmarks/train_throughput.py --steps 30 --repeats 3
+    python benchmarks/train_throughput.py --steps 30 --repeats 5
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from timm.optim import create_optimizer_v2
 
 from convforge import TrainConfig, train
 from convforge.data import load_dataset
+from convforge.measure.paired import per_round_ratio, rotating_rounds
 from convforge.runs import describe_hardware, hardware_fingerprint
 from cpu_kind import hold_to_avx2
 
@@ -95,7 +99,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds (each runs every configuration once)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "train_throughput.json")
     parser.add_argument("--avx2", action="store_true", help="hold PyTorch and oneDNN to AVX2 (re-executes)")
     args = parser.parse_args()
@@ -108,28 +112,20 @@ def main() -> None:
             archive.extractall(folder, filter="data")
         folder = next(p.parent for p in folder.rglob("train") if p.is_dir())
         load_dataset(f"cifar10:{args.archive}")  # decode once, as any second run finds it
-        rows = {"timm (fp32, 2 workers)": [], "convforge (default amp)": [], "convforge (amp off)": [],
-                "convforge (amp off, padding taps kept)": []}  # fmt: skip
-        for repeat in range(args.repeats):
-            rows["timm (fp32, 2 workers)"].append(
-                timm_baseline(folder, args.steps, args.batch_size, args.workers)
-            )
-            rows["convforge (default amp)"].append(
-                convforge_engine(args.archive, args.steps, args.batch_size, "auto", scratch)
-            )
-            rows["convforge (amp off)"].append(
-                convforge_engine(args.archive, args.steps, args.batch_size, "off", scratch)
-            )
-            rows["convforge (amp off, padding taps kept)"].append(
-                convforge_engine(args.archive, args.steps, args.batch_size, "off", scratch, skip_taps=False)
-            )
-            print(
-                f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in rows.items()),
-                flush=True,
-            )
+        runs = {
+            "timm (fp32, 2 workers)": lambda: timm_baseline(folder, args.steps, args.batch_size, args.workers),
+            "convforge (default amp)": lambda: convforge_engine(args.archive, args.steps, args.batch_size, "auto",
+                                                                scratch),
+            "convforge (amp off)": lambda: convforge_engine(args.archive, args.steps, args.batch_size, "off", scratch),
+            "convforge (amp off, padding taps kept)": lambda: convforge_engine(
+                args.archive, args.steps, args.batch_size, "off", scratch, skip_taps=False),
+        }  # fmt: skip
+        rows = rotating_rounds(runs, args.repeats, report=lambda done, rows: print(
+            f"round {done}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in rows.items()), flush=True))
 
     medians = {name: statistics.median(values) for name, values in rows.items()}
-    baseline = medians["timm (fp32, 2 workers)"]
+    baseline = rows["timm (fp32, 2 workers)"]
+    ratios = {name: per_round_ratio(values, baseline) for name, values in rows.items()}
     result = {
         "benchmark": "train_throughput",
         "model": "resnet18",
@@ -138,7 +134,7 @@ def main() -> None:
         "repeats": args.repeats,
         "images_per_second": rows,
         "median_images_per_second": medians,
-        "ratio_vs_timm": {name: value / baseline for name, value in medians.items()},
+        "ratio_vs_timm": {name: ratio.to_dict() for name, ratio in ratios.items()},
         "hardware": hardware_fingerprint(),
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -147,9 +143,9 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print("\n| pipeline | median img/s | ratio vs timm |\n|---|---:|---:|")
+    print("\n| pipeline | median img/s | ratio vs timm (95% interval) |\n|---|---:|---:|")
     for name, value in medians.items():
-        print(f"| {name} | {value:.0f} | {value / baseline:.2f}x |")
+        print(f"| {name} | {value:.0f} | {ratios[name].text()} |")
     print(f"\nhardware: {describe_hardware(result['hardware'])}; written to {args.out}")
 
 

@@ -31,6 +31,24 @@ def test_the_automatic_count_leaves_out_the_cores_other_work_holds():
             loop.wait()
 
 
+def test_the_sampling_window_overlaps_the_commands_start_up(monkeypatch):
+    """A command takes the window's first reading when it starts: by the time it chooses its threads
+    (after importing torch and loading its model), no more waiting is needed; without that reading the
+    whole window is waited for."""
+    from convforge import threads
+
+    if threads._ticks(threads.available_cores()) is None:
+        pytest.skip("no /proc/stat here")
+    waits = []
+    real_sleep = time.sleep
+    threads.start_sampling()
+    real_sleep(threads.SAMPLE_SECONDS + 0.05)  # the command's start-up
+    monkeypatch.setattr(threads.time, "sleep", waits.append)
+    threads.available_threads()
+    threads.available_threads()  # the first reading was used up: this one samples afresh
+    assert waits[0] == 0.0 and waits[1] == pytest.approx(threads.SAMPLE_SECONDS, abs=0.01)
+
+
 def test_omp_num_threads_and_a_given_count_win(monkeypatch):
     import torch
 

@@ -10,7 +10,7 @@ from torch import nn
 from convforge.measure import latency as latency_module
 from convforge.measure import paired
 from convforge.measure.latency import median_interval, summarise
-from convforge.measure.paired import Ratio, paired_speedup, time_interleaved
+from convforge.measure.paired import Ratio, paired_speedup, per_round_ratio, rotating_rounds, time_interleaved
 
 
 @pytest.mark.parametrize("n", [1, 5, 6, 7, 9, 15, 30, 61, 200])
@@ -91,3 +91,23 @@ def test_paired_speedup_of_two_real_models():
     assert set(wide_ms) == set(narrow_ms) == set(ratios) == {1, 4}
     assert all(r.rounds >= paired.MIN_ROUNDS and r.low <= r.median <= r.high for r in ratios.values())
     assert torch.get_num_threads() == threads
+
+
+def test_whole_runs_rotate_and_their_ratio_is_taken_round_by_round():
+    """rotating_rounds (benchmarks that compare whole training runs or servers): each round runs every
+    setup once in a rotating order, and per_round_ratio divides within a round, so a machine that
+    halves its speed between rounds leaves a rate ratio of exactly 3."""
+    order, machine = [], iter([1.0, 1.0, 0.5, 0.5, 1.0, 1.0])
+    rates = {"fast": 300.0, "slow": 100.0}
+
+    def run(name):
+        order.append(name)
+        return rates[name] * next(machine)
+
+    runs = rotating_rounds({name: (lambda n=name: run(n)) for name in rates}, rounds=3)
+    assert order == ["fast", "slow", "slow", "fast", "fast", "slow"]
+    assert runs["fast"] == [300.0, 150.0, 300.0] and runs["slow"] == [100.0, 50.0, 100.0]
+    ratio = per_round_ratio(runs["fast"], runs["slow"])  # rates: the faster one's first
+    assert (ratio.median, ratio.low, ratio.high, ratio.rounds) == (3.0, 3.0, 3.0, 3)
+    assert ratio.text() == "3.00x (3.00-3.00)"
+    assert Ratio(1.5, 1.0, 2.0, 9).text() == "too noisy (1.00-2.00x)"  # wider than NOISY_SPREAD: no figure

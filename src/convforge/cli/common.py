@@ -121,8 +121,9 @@ def user_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from convforge.threads import threads_kept
+        from convforge.threads import start_sampling, threads_kept
 
+        start_sampling()  # the free-core window overlaps the command's start-up (convforge.threads)
         try:
             with threads_kept():  # a command run in-process (tests) leaves the caller's thread count
                 return command(*args, **kwargs)

@@ -46,7 +46,7 @@ NEEDS_DATA = ("taylor", "lrp")  # criteria computed from a batch of training ima
 RANKED_GLOBALLY = ("lrp", "synflow")  # as their papers do; the others keep every layer's share equal
 MAX_STEPS = 40  # the pruner reaches its largest ratio in this many equal steps; the target stops it earlier
 MAX_RATIO = 0.95  # never remove more than this share of a layer's channels
-CONFIRM_ROUNDS = 3  # the final paired measurement takes this many times a search step's time budget
+CONFIRM_BUDGET = 3  # the final paired measurement takes this many times a search step's time budget
 # The search stops once a step clears the speed-up goal by this factor (at the interval's lower end): the
 # final measurement of the saved child differs from the search's by a percent or two (the demo's search
 # cleared 1.5x at batch 1 and its saved child measured 1.492x, interval 1.488-1.495)
@@ -228,7 +228,7 @@ def prune_model(
         # the figure reported: a longer paired measurement of the kept model; it can contradict a lucky step
         # of the search (then `reached` is False)
         *_, result.confirmed = paired_speedup(reference, form(), input_size, timed,
-                                              2 * CONFIRM_ROUNDS * latency_seconds)  # fmt: skip
+                                              2 * CONFIRM_BUDGET * latency_seconds)  # fmt: skip
     return result
 
 

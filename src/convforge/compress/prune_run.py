@@ -12,7 +12,7 @@ import torch
 
 from convforge.checkpoint import load_model, save_model
 from convforge.compress.prune import (
-    CONFIRM_ROUNDS,
+    CONFIRM_BUDGET,
     NEEDS_DATA,
     PruneResult,
     check_criterion,
@@ -128,7 +128,7 @@ def prune_run(
     # the figure reported everywhere (table, run.json, report): the saved child against its parent, timed
     # interleaved; it decides whether a speed-up target was reached
     parent_ms, child_ms, pruning.confirmed = paired_speedup(timed_as(model) if fold else model, child, input_size,
-                                                            batches, 2 * CONFIRM_ROUNDS * latency_seconds)  # fmt: skip
+                                                            batches, 2 * CONFIRM_BUDGET * latency_seconds)  # fmt: skip
     latency = {"parent": parent_ms, "child": child_ms}
     result = PruneRunResult(out, pruning, parent_top1, pruned.top1, evaluated.top1, latency, fold=folding)
     if run is not None:

@@ -108,6 +108,8 @@ def build_model(launch: Launch):
     from convforge.deploy.serving import open_serving_model
     from convforge.device import resolve_device
 
+    # process-wide on purpose: a worker process (or Ray replica) is this model's alone; an in-process
+    # caller (a test building the app) keeps its own count with convforge.threads.threads_kept
     torch.set_num_threads(launch.threads_per_worker)
     return open_serving_model(launch.source, launch.backend, device=resolve_device(launch.device),
                               threads=launch.threads_per_worker, overrides=launch.overrides)  # fmt: skip

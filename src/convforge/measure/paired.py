@@ -55,6 +55,12 @@ class Ratio:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "spread": self.spread, "noisy": self.noisy}
 
+    def text(self) -> str:
+        """'1.52x (1.48-1.57)', or only the interval, marked, when it is too wide to quote a figure."""
+        if self.noisy:
+            return f"too noisy ({self.low:.2f}-{self.high:.2f}x)"
+        return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f})"
+
 
 @dataclass
 class Interleaved:
@@ -73,8 +79,30 @@ class Interleaved:
 
     def ratio(self, reference: str, other: str) -> Ratio:
         """How many times faster `other` ran than `reference`, round by round."""
-        ratios = [a / b for a, b in zip(self.seconds[reference], self.seconds[other], strict=True)]
-        return Ratio(*median_interval(ratios), rounds=len(ratios))
+        return per_round_ratio(self.seconds[reference], self.seconds[other])
+
+
+def per_round_ratio(numerators: list[float], denominators: list[float]) -> Ratio:
+    """The median over rounds of numerators[i] / denominators[i], with its 95% interval. For times, pass
+    the reference's first (how many times faster the other ran); for rates (images per second), the other's."""
+    ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
+    return Ratio(*median_interval(ratios), rounds=len(ratios))
+
+
+def rotating_rounds(runs: dict[str, Callable[[], Any]], rounds: int, report: Callable[[int, dict], None] | None = None
+                    ) -> dict[str, list[Any]]:  # fmt: skip
+    """Whole runs too long to time call by call (a training epoch, a server under load): every run once per
+    round, in an order that rotates each round; what each returned, round by round. `report(round, results)`
+    is called after each round."""
+    names = list(runs)
+    results: dict[str, list[Any]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            results[name].append(runs[name]())
+        if report is not None:
+            report(round_index + 1, results)
+    return results
 
 
 def time_interleaved(
