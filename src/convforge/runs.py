@@ -205,6 +205,16 @@ class Run:
         """checkpoints/last.safetensors: the training state `--resume` continues from."""
         return self.path / CHECKPOINTS_DIR / LAST_CHECKPOINT
 
+    def recorded_artifact(self, relative: object) -> Path | None:
+        """The file a metrics record names (a path relative to the run), when it exists inside this run's
+        artifacts/; None otherwise. A record is read as input: an absolute path, `..` or a link that
+        leads out of artifacts/ is never followed (a report would embed whatever it named)."""
+        if not isinstance(relative, str) or not relative:
+            return None
+        artifacts = (self.path / ARTIFACTS_DIR).resolve()
+        path = (self.path / relative).resolve()
+        return path if path.is_relative_to(artifacts) and path.is_file() else None
+
     def relative(self, path: str | os.PathLike) -> str:
         """A path inside the run as metrics records store it: relative, with forward slashes."""
         return Path(path).relative_to(self.path).as_posix()

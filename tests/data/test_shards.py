@@ -157,6 +157,9 @@ def test_a_damaged_tar_loses_its_tail_and_says_how_many_samples(shapes_shards, t
         header = tar.getmembers()[6].offset  # the fourth sample's first member
     data[header : header + 512] = b"\x17" * 512  # a damaged header in the middle: tarfile stops there
     shard.write_bytes(bytes(data))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["splits"]["train"]["shards"][1]["sha256"]  # with it, the whole shard is left out (next test)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     dataset = load_dataset(f"wds:{copy}")
     lost = [s for s in dataset.skipped if str(shard) in s.path]
     assert lost and "damaged tar header" in lost[0].reason

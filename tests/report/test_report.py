@@ -71,3 +71,31 @@ def test_class_metrics_and_confused_pairs_from_a_confusion_matrix():
         {"true": "a", "predicted": "b", "images": 2, "share": 0.2},
         {"true": "b", "predicted": "a", "images": 1, "share": 0.1},
     ]
+
+
+def test_a_report_embeds_only_files_inside_the_runs_artifacts(tmp_path):
+    """metrics.jsonl is input: a record naming a file outside artifacts/ (absolute, '..', or a link out)
+    must not get that file embedded in the report."""
+    import os
+
+    from convforge.report import compression, sections
+    from convforge.runs import Run
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG not yours")
+    run = Run.create(tmp_path / "run", command="c", stage="train", config={})
+    inside = run.artifact("explain", "gradcam.png")
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(b"\x89PNG ours")
+    os.symlink(secret, run.artifact("explain", "link.png"))
+    (run.path / "model.json").write_text("{}")  # a file of the run, but not an artifact
+    names = {"ours": "artifacts/explain/gradcam.png", "absolute": str(secret), "up": "../secret.png",
+             "link": "artifacts/explain/link.png", "run file": "model.json", "not text": ["x"]}  # fmt: skip
+    run.append_metrics({"kind": "explain", "methods": list(names), "grids": names})
+    run.append_metrics({"kind": "robust", "model": "torch", "files": {k: v for k, v in names.items() if k != "ours"}})
+    run.append_metrics({"kind": "drift", "grid": str(secret)})
+    grids = sections.explanations(run)["grids"]
+    assert [g["method"] for g in grids] == ["ours"]
+    assert sections.robustness(run)["charts"] == {}
+    assert compression._drift(run)["uri"] is None
+    assert run.recorded_artifact("artifacts/explain/gradcam.png") == inside.resolve()

@@ -80,6 +80,11 @@ def _evaluate_as_rank(rank: int, run: str, data: str, store: str, out: str) -> N
     from convforge.train.distributed import World, broadcast_state
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+
+    def no_pickles(*args, **kwargs):
+        raise AssertionError("ranks exchange results as tensors: an object gather unpickles what others send")
+
+    dist.all_gather_object = dist.broadcast_object_list = dist.gather_object = no_pickles
     model, spec = load_model(run)
     if rank:  # as in the engine's final evaluation: rank 1's own (here: scrambled) channels_last copy gets rank 0's
         model.to(memory_format=torch.channels_last)
@@ -94,7 +99,7 @@ def _evaluate_as_rank(rank: int, run: str, data: str, store: str, out: str) -> N
 
 def test_an_evaluation_split_across_ranks_is_the_single_process_one(tiny_run, tmp_path):
     """Each rank evaluates every other image; the gathered figures are those of one process on the whole split
-    (rank 1 with rank 0's weights broadcast into its channels_last model)."""
+    (rank 1 with rank 0's weights broadcast into its channels_last model), exchanged without pickles."""
     import torch.multiprocessing as mp
 
     from tests.helpers import TINY_SHAPES
@@ -200,3 +205,22 @@ def test_bad_inputs_are_one_message(tmp_path):
     assert not (tmp_path / "alone").exists()
     sync = _train(DATA, "--nproc", 2, "--sync-bn", "--epochs", 1, "--out", tmp_path / "sync", check=False)
     assert sync.returncode == 2 and "--sync-bn needs GPUs" in sync.stderr and not (tmp_path / "sync").exists()
+
+
+def test_one_machine_rendezvous_keeps_to_loopback_and_holds_no_pickles(monkeypatch):
+    """--nproc's launcher: a static rendezvous on 127.0.0.1 (torchrun --standalone's c10d rendezvous keeps
+    pickled state in a store every interface can reach) and gloo's transport on the loopback device."""
+    import torch.distributed.run as torchrun
+
+    from convforge.train import distributed
+
+    seen = {}
+    monkeypatch.setattr(torchrun, "run", lambda args: seen.update(vars(args)))
+    for name in ("GLOO_SOCKET_IFNAME", "OMP_NUM_THREADS"):  # launch sets them for its processes: restored after
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    distributed.launch(2, ["train", "shapes"])
+    assert seen["rdzv_backend"] == "static" and seen["master_addr"] == "127.0.0.1" and not seen["standalone"]
+    assert seen["nproc_per_node"] == "2" and seen["training_script"] == "convforge"
+    if "lo" in [name for _, name in socket.if_nameindex()]:
+        assert os.environ["GLOO_SOCKET_IFNAME"] == "lo"

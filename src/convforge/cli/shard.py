@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from convforge.cli.common import JsonOption, Output, QuietOption, user_errors
 from convforge.errors import UserError
@@ -49,8 +50,9 @@ def shard_command(
         output.message(f"{split}: {info['samples']:,} samples in {info['shards']} shard(s), "
                        f"{info['bytes'] / 1e6:,.1f} MB")  # fmt: skip
     if summary.skipped:
-        output.message(f"[yellow]{len(summary.skipped)} unreadable file(s) were skipped[/yellow] "
-                       f"(listed in {out / 'manifest.json'})")  # fmt: skip
+        first = summary.skipped[0]
+        output.message(f"[yellow]{len(summary.skipped)} file(s) were left out[/yellow], first {escape(first.path)}: "
+                       f"{first.reason} (all listed in {out / 'manifest.json'})")  # fmt: skip
     output.result(summary.to_dict(), text=f"shards: {out} (train from them with wds:{out})")
 
 

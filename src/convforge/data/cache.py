@@ -23,7 +23,9 @@ import numpy as np
 
 from convforge.files import cache_root
 
-CACHE_FORMAT = 1
+# 2: archive members with names outside the archive are refused and folder loops not walked; an entry
+# of format 1 may hold what they listed (and a relative CSV's rows decoded as all missing)
+CACHE_FORMAT = 2
 
 
 def cache_key(**parts: Any) -> str:

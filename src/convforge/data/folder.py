@@ -16,7 +16,6 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,6 +24,7 @@ import numpy as np
 
 from convforge.data.decode import decode_image, is_image_file
 from convforge.data.imageset import SkippedFile
+from convforge.data.members import archive_entries, archive_members, file_stat, folder_entries
 from convforge.errors import DatasetError, ImageDecodeError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class FileListing:
     ignored_files: int = 0
     empty_classes: list[str] = field(default_factory=list)
     archive_prefix: str = ""  # a top folder every archive member shares, stripped from the names
+    refused: list[SkippedFile] = field(default_factory=list)  # unsafe member names, links not followed
     cache_identity: str = ""  # what the decode cache is keyed by (see the module docstring)
 
     def path(self, name: str) -> str:
@@ -75,15 +76,18 @@ def list_image_folder(root: str | os.PathLike) -> FileListing:
         )
     prefix = ""
     if root.is_file():
-        entries, prefix = _archive_entries(root)
+        entries, refused = archive_entries(root)
+        entries, prefix = _strip_common_top_folder(entries)
         fingerprint = identity = sha256_file(root)
     else:
-        stats = _folder_entries(root)
+        stats, refused = folder_entries(root)
         entries = {name: size for name, (size, _) in stats.items()}
         fingerprint = _digest(f"{name}\0{size}" for name, size in sorted(entries.items()))
         identity = _digest([str(root.resolve())] + [f"{n}\0{s}\0{t}" for n, (s, t) in sorted(stats.items())])
+    if refused:
+        log.warning("%s: %d entries left out, first %s (%s)", root, len(refused), refused[0].path, refused[0].reason)
     listing = _listing_from_entries(str(root), entries, archive=root.is_file())
-    listing.archive_prefix = prefix
+    listing.archive_prefix, listing.refused = prefix, refused
     listing.fingerprint, listing.cache_identity = fingerprint, identity
     return listing
 
@@ -97,7 +101,7 @@ def _digest(lines) -> str:
 
 def list_csv(csv_path: str | os.PathLike) -> FileListing:
     """A CSV of `path,label[,split]` rows (a header row is recognised); paths relative to the CSV."""
-    csv_path = Path(csv_path)
+    csv_path = Path(csv_path).absolute()  # rows are relative to it, and listing.path() joins its folder once
     if not csv_path.is_file():
         raise DatasetError(f"CSV file {csv_path} does not exist")
     rows: list[tuple[str, str, str]] = []
@@ -124,7 +128,7 @@ def list_csv(csv_path: str | os.PathLike) -> FileListing:
             ignored += 1
             continue
         splits.setdefault(split, []).append((full, class_index[label]))
-        size, mtime = _stat(full)
+        size, mtime = file_stat(full)
         content.append(f"{path}\0{label}\0{split}\0{size}")
         identity.append(f"{os.path.abspath(full)}\0{label}\0{split}\0{size}\0{mtime}")
     missing = [full for files in splits.values() for full, _ in files if not os.path.exists(full)]
@@ -148,47 +152,6 @@ def _canonical_split(name: str, source: Path, line_number: int) -> str:
         if name in aliases:
             return split
     raise DatasetError(f"{source}:{line_number}: unknown split {name!r}; use train, val or test")
-
-
-def _stat(path: str) -> tuple[int, int]:
-    try:
-        stat = os.stat(path)
-        return stat.st_size, stat.st_mtime_ns
-    except OSError:
-        return -1, -1
-
-
-def _folder_entries(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under root (relative POSIX path -> (size, mtime_ns)) and every folder
-    (path + '/' -> (0, 0)), following symlinks, hidden entries skipped."""
-    entries = {}
-    for directory, subdirs, files in os.walk(root, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        if Path(directory) != root:
-            entries[PurePosixPath(Path(directory).relative_to(root)).as_posix() + "/"] = (0, 0)
-        for name in files:
-            if name.startswith("."):
-                continue
-            full = os.path.join(directory, name)
-            entries[PurePosixPath(Path(full).relative_to(root)).as_posix()] = _stat(full)
-    return entries
-
-
-def _archive_entries(path: Path) -> tuple[dict[str, int], str]:
-    entries = {}
-    try:
-        with tarfile.open(path) as archive:
-            for member in archive:
-                parts = PurePosixPath(member.name).parts
-                if any(p.startswith(".") for p in parts) or not parts:
-                    continue
-                if member.isfile():
-                    entries[PurePosixPath(*parts).as_posix()] = member.size
-                elif member.isdir():
-                    entries[PurePosixPath(*parts).as_posix() + "/"] = 0
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DatasetError(f"cannot read archive {path}: {exc}") from None
-    return _strip_common_top_folder(entries)
 
 
 def _strip_common_top_folder(entries: dict[str, int]) -> tuple[dict[str, int], str]:
@@ -334,14 +297,7 @@ def _read_some(listing: FileListing, names: list[str]) -> Iterator[tuple[str, by
 
 def iter_archive(listing: FileListing, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of the wanted members, in archive order (one sequential pass)."""
-    strip = listing.archive_prefix
-    with tarfile.open(listing.root) as archive:
-        for member in archive:
-            name = PurePosixPath(*PurePosixPath(member.name).parts).as_posix()
-            name = name[len(strip) :] if strip and name.startswith(strip) else name
-            if member.isfile() and name in wanted:
-                handle = archive.extractfile(member)
-                yield name, handle.read() if handle else b""
+    return archive_members(listing.root, wanted, listing.archive_prefix)
 
 
 def _decode_job(job: tuple[int, str, bytes | None, tuple[int, int, int], int]):

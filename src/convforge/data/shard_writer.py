@@ -37,7 +37,7 @@ from convforge.data.folder import (
 )
 from convforge.data.imageset import SkippedFile
 from convforge.data.limits import DEFAULT_MAX_PIXELS
-from convforge.data.shards import FORMAT, MANIFEST
+from convforge.data.shard_manifest import FORMAT, MANIFEST
 from convforge.data.spec import (
     absolute_spec,
     default_memory_budget,
@@ -76,6 +76,7 @@ class _Source:
     fingerprint: str
     splits: dict[str, list[tuple[object, int]]]  # split -> (item, label)
     read: Callable[[object], tuple[bytes, str]]
+    refused: list[SkippedFile] = field(default_factory=list)  # entries the listing left out (data/members.py)
 
 
 def write_shards(spec: str, out: str | os.PathLike, *, shard_size: int = 10**9, seed: int = 0,
@@ -92,7 +93,7 @@ def write_shards(spec: str, out: str | os.PathLike, *, shard_size: int = 10**9, 
     start = time.perf_counter()
     with atomic_folder(out) as tmp:
         source = _open_source(spec, max_pixels, tmp / ".spill")
-        skipped: list[SkippedFile] = []
+        skipped: list[SkippedFile] = list(source.refused)
         rng = np.random.default_rng(seed)
         manifest_splits = {}
         for split, items in source.splits.items():
@@ -183,7 +184,7 @@ def _open_source(spec: str, max_pixels: int, spill: Path) -> _Source:
     shape = choose_storage_shape(listing, "RGB", 256, max_pixels)
     splits = {name: [(file, label) for file, label in items] for name, items in listing.splits.items()}
     read = _archive_reader(listing, spill) if listing.archive else _file_reader(listing)
-    return _Source(listing.classes, 3, shape, listing.fingerprint, splits, read)
+    return _Source(listing.classes, 3, shape, listing.fingerprint, splits, read, listing.refused)
 
 
 def _is_cifar_batches(target: str) -> bool:
@@ -220,24 +221,27 @@ def _file_reader(listing: FileListing):
 
 def _archive_reader(listing: FileListing, spill: Path):
     """An archive is read once, in its own order; its members wait in memory (when the archive is
-    smaller than the memory budget) or in a spill folder inside the output, for the shuffled writing."""
+    smaller than the memory budget) or in a spill folder inside the output, for the shuffled writing.
+    Spilled members are numbered files: a member's name is never joined to a folder (data/members.py)."""
     wanted = {name for items in listing.splits.values() for name, _ in items}
     in_memory = os.path.getsize(listing.root) < default_memory_budget()
     held: dict[str, bytes] = {}
+    spilled: dict[str, Path] = {}
     if not in_memory:
         log.info("%s is larger than the memory budget: its members wait in %s while the shards are written",
                  listing.root, spill)  # fmt: skip
+        spill.mkdir(parents=True, exist_ok=True)
     for name, data in iter_archive(listing, wanted):
         if in_memory:
             held[name] = data
         else:
-            (spill / name).parent.mkdir(parents=True, exist_ok=True)
-            (spill / name).write_bytes(data)
+            spilled[name] = spill / f"{len(spilled):09d}"
+            spilled[name].write_bytes(data)
 
     def read(name):
-        if in_memory and name not in held or not in_memory and not (spill / name).is_file():
+        if name not in (held if in_memory else spilled):
             raise OSError("listed in the archive but not readable from it")
-        return (held[name] if in_memory else (spill / name).read_bytes()), _extension(name)
+        return (held[name] if in_memory else spilled[name].read_bytes()), _extension(name)
 
     return read
 

@@ -31,17 +31,17 @@ from pathlib import Path
 import numpy as np
 
 from convforge.data.decode import decode_image
-from convforge.data.folder import PEEK_FILES, storage_shape_from_sizes
+from convforge.data.folder import PEEK_FILES, sha256_file, storage_shape_from_sizes
 from convforge.data.imageset import Dataset, ImageSet, SkippedFile
+from convforge.data.members import OUTSIDE, safe_member_name
+from convforge.data.shard_manifest import MANIFEST, manifest_near, read_manifest
 from convforge.errors import DatasetError, ImageDecodeError
 from convforge.files import atomic_write_bytes, cache_root
 
-MANIFEST = "manifest.json"
-FORMAT = "convforge-shards"
 SHUFFLE_BUFFER = 10_000  # samples; WebDataset's examples use 1,000 to 10,000
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm")
 LABEL_EXTENSIONS = ("cls", "class", "label")
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2  # 2: shards checked against the manifest's SHA-256, unsafe member names refused
 
 
 @dataclass
@@ -59,13 +59,16 @@ class ShardIndex:
         return len(self.label)
 
 
-def index_shards(paths: list[str], expected: list[int] | None = None) -> ShardIndex:
+def index_shards(paths: list[str], expected: list[int] | None = None, digests: list[str | None] | None = None
+                 ) -> ShardIndex:  # fmt: skip
     """Scan the tar headers of `paths` (or read a cached scan of the same files). `expected` sample
-    counts (from a manifest) turn a damaged tar's lost tail into one skipped entry per lost sample."""
+    counts (from a manifest) turn a damaged tar's lost tail into one skipped entry per lost sample;
+    `digests` (the manifest's SHA-256 of each shard) are compared with the files once, when the index is
+    built: every sample of a shard changed since it was written is left out and counted."""
     stats = [os.stat(p) for p in paths]
     key = hashlib.sha256(
-        json.dumps([_INDEX_VERSION, expected, [[os.path.abspath(p), s.st_size, s.st_mtime_ns] for p, s in
-                                                zip(paths, stats, strict=True)]]).encode()  # fmt: skip
+        json.dumps([_INDEX_VERSION, expected, digests, [[os.path.abspath(p), s.st_size, s.st_mtime_ns] for p, s in
+                                                         zip(paths, stats, strict=True)]]).encode()  # fmt: skip
     ).hexdigest()[:32]
     cached = cache_root() / "shard-index" / f"{key}.npz"
     if cached.is_file():
@@ -74,6 +77,13 @@ def index_shards(paths: list[str], expected: list[int] | None = None) -> ShardIn
             return ShardIndex(list(paths), saved["shard"], saved["offset"], saved["size"], saved["label"], problems)
     rows, problems = [], []
     for number, path in enumerate(paths):
+        digest = digests[number] if digests else None
+        if digest is not None and sha256_file(Path(path)) != digest:  # flipped labels read silently otherwise
+            count = expected[number] if expected else 1
+            reason = (f"the shard changed after `convforge shard` wrote it (its SHA-256 differs from the manifest's): "
+                      f"its {count} samples are left out; write the shards again")  # fmt: skip
+            problems.extend(SkippedFile(f"{path}#{i}", reason) for i in range(count))
+            continue
         shard_rows, shard_problems = _scan_shard(path, expected[number] if expected else None)
         rows.extend((number, *row) for row in shard_rows)
         problems.extend(shard_problems)
@@ -95,6 +105,9 @@ def _scan_shard(path: str, expected: int | None) -> tuple[list[tuple[int, int, i
             key, members = None, []
             for member in tar:
                 if not member.isfile():
+                    continue
+                if safe_member_name(member.name) is None:
+                    problems.append(SkippedFile(f"{path}:{member.name}", OUTSIDE))
                     continue
                 name_key, ext = split_member_name(member.name)
                 if name_key != key and members:
@@ -144,8 +157,8 @@ def _add_sample(tar, where, members, file_size, rows, problems) -> None:
         problems.append(SkippedFile(where, "the image member is cut short (truncated tar)"))
         return
     text = tar.extractfile(label_member).read(32).strip()
-    if not text.isdigit():
-        problems.append(SkippedFile(where, f"class index {text[:16]!r} is not a whole number"))
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:  # '²' is a digit to isdigit(), not to int()
+        problems.append(SkippedFile(where, f"class index {text[:16]!r} is not a whole number below 10**9"))
         return
     rows.append((image.offset_data, image.size, int(text)))
 
@@ -265,29 +278,27 @@ def load_shards(spec: str, target: str, *, channels: int | None, storage_size: i
         listed = manifest["splits"].items()
         split_paths = {split: [str(path / s["name"]) for s in info["shards"]] for split, info in listed}
         expected = {split: [s["samples"] for s in info["shards"]] for split, info in listed}
+        digests = {split: [s.get("sha256") for s in info["shards"]] for split, info in listed}
         missing = [p for paths in split_paths.values() for p in paths if not os.path.isfile(p)]
         if missing:
             raise DatasetError(f"{len(missing)} shard file(s) listed in {path / MANIFEST} are missing, "
                                f"first {missing[0]}; copy them back or write the shards again")  # fmt: skip
     else:
         shard_paths = expand_pattern(str(path))
-        manifest = _manifest_near(shard_paths[0])
-        split_paths, expected = {"train": shard_paths}, {"train": None}
+        manifest = manifest_near(shard_paths[0])
+        split_paths, expected, digests = {"train": shard_paths}, {"train": None}, {"train": None}
         if manifest:
-            named = {str(Path(shard_paths[0]).parent.parent / s["name"]): (split, s["samples"])
+            named = {str(Path(shard_paths[0]).parent.parent / s["name"]): (split, s["samples"], s.get("sha256"))
                      for split, info in manifest["splits"].items() for s in info["shards"]}  # fmt: skip
             found = [named.get(str(Path(p))) for p in shard_paths]
-            if all(found) and len({split for split, _ in found}) == 1:
+            if all(found) and len({split for split, _, _ in found}) == 1:
                 split_paths = {found[0][0]: shard_paths}
-                expected = {found[0][0]: [count for _, count in found]}
+                expected = {found[0][0]: [count for _, count, _ in found]}
+                digests = {found[0][0]: [digest for _, _, digest in found]}
             else:
                 manifest = None
-    indexes = {split: index_shards(paths, expected[split]) for split, paths in split_paths.items()}
-    if manifest:
-        classes = manifest["classes"]
-    else:
-        top = max((int(ix.label.max()) for ix in indexes.values() if len(ix)), default=-1)
-        classes = [str(c) for c in range(top + 1)]
+    indexes = {split: index_shards(paths, expected[split], digests[split]) for split, paths in split_paths.items()}
+    classes = manifest["classes"] if manifest else _classes_without_manifest(indexes, spec)
     for split, ix in indexes.items():
         if len(ix) and int(ix.label.max()) >= len(classes):
             raise DatasetError(f"a {split} shard has class index {int(ix.label.max())} but {path} names "
@@ -301,21 +312,6 @@ def load_shards(spec: str, target: str, *, channels: int | None, storage_size: i
     fingerprint = manifest["fingerprint"] if manifest else _index_fingerprint(indexes)
     skipped = [p for ix in indexes.values() for p in ix.problems]
     return Dataset(spec, classes, splits, fingerprint, skipped=skipped)
-
-
-def read_manifest(folder: Path) -> dict:
-    file = folder / MANIFEST
-    if not file.is_file():
-        raise DatasetError(f"{folder} has no {MANIFEST}, so it was not written by `convforge shard`; name its "
-                           "shards with a brace pattern instead, e.g. "
-                           f"wds:{folder}/shard-{{000000..000009}}.tar")  # fmt: skip
-    try:
-        manifest = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read {file}: {exc}; write the shards again with `convforge shard`") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DatasetError(f"{file} is not a convforge shard manifest (no \"format\": \"{FORMAT}\")")
-    return manifest
 
 
 def expand_pattern(pattern: str) -> list[str]:
@@ -338,23 +334,17 @@ def expand_pattern(pattern: str) -> list[str]:
     return names
 
 
-def shard_source(target: str) -> str | None:
-    """The spec a `convforge shard` folder (or a pattern inside one) was written from, when recorded."""
-    path = Path(target).expanduser()
-    folder = path if path.is_dir() else path.parent.parent
-    try:
-        return read_manifest(folder).get("source") if (folder / MANIFEST).is_file() else None
-    except DatasetError:
-        return None
-
-
-def _manifest_near(shard: str) -> dict | None:
-    """The manifest of a `convforge shard` folder a pattern points into (OUT/train/shard-*.tar)."""
-    folder = Path(shard).parent.parent
-    try:
-        return read_manifest(folder) if (folder / MANIFEST).is_file() else None
-    except DatasetError:
-        return None
+def _classes_without_manifest(indexes: dict[str, ShardIndex], spec: str) -> list[str]:
+    """Classes "0" .. "N-1" from the labels themselves, refused when some index below the largest has no
+    sample: one stray label (5000 among 0s and 1s) would otherwise make a 5001-class model."""
+    seen = np.unique(np.concatenate([ix.label for ix in indexes.values()]))
+    if len(seen) and (seen[0] < 0 or len(seen) != int(seen[-1]) + 1):
+        shown = ", ".join(str(int(c)) for c in seen[:8]) + (", ..." if len(seen) > 8 else "")
+        raise DatasetError(f"the class indices of {spec} are not 0 to N-1 without gaps (found {len(seen)} "
+                           f"distinct: {shown}); without a manifest the classes are counted from the labels, "
+                           "so fix the stray labels or write the shards with `convforge shard`, whose "
+                           "manifest names the classes")  # fmt: skip
+    return [str(c) for c in range(len(seen))]
 
 
 def _storage_shape(indexes, manifest, channels, storage_size, max_pixels) -> tuple[int, int, int]:

@@ -37,7 +37,8 @@ from convforge.data.folder import (
     sha256_file,
 )
 from convforge.data.imageset import Dataset, FileImages, ImageSet, SkippedFile
-from convforge.data.shards import load_shards, shard_source
+from convforge.data.shard_manifest import shard_source
+from convforge.data.shards import load_shards
 from convforge.errors import DatasetError, did_you_mean
 from convforge.files import cache_root
 
@@ -388,6 +389,7 @@ def _load_files(
             "classes": listing.classes,
             "ignored_files": listing.ignored_files,
             "empty_classes": listing.empty_classes,
+            "refused": [s.to_dict() for s in listing.refused],
         }
 
     cached = open_entry(cache_root() / "datasets" / key)
@@ -437,7 +439,7 @@ def _dataset_from_entry(spec: str, fingerprint: str, meta: dict, read, entry: Pa
         fingerprint,
         skipped=[
             SkippedFile(os.path.normpath(os.path.join(root, s["path"])), s["reason"]) for s in meta["skipped"]
-        ],
+        ] + [SkippedFile(s["path"], s["reason"]) for s in meta.get("refused", [])],
         ignored_files=meta["ignored_files"],
         empty_classes=meta["empty_classes"],
         cache_path=str(entry),
@@ -459,6 +461,7 @@ def _streaming_dataset(
         listing.classes,
         splits,
         listing.fingerprint,
+        skipped=list(listing.refused),
         ignored_files=listing.ignored_files,
         empty_classes=listing.empty_classes,
     )

@@ -59,5 +59,5 @@ def _drift(run: Run) -> dict[str, Any] | None:
     if not records:
         return None
     latest = records[-1]
-    path = run.path / latest["grid"]
-    return {**latest, "uri": plots.png_data_uri(path.read_bytes()) if path.is_file() else None}
+    path = run.recorded_artifact(latest.get("grid"))
+    return {**latest, "uri": plots.png_data_uri(path.read_bytes()) if path is not None else None}

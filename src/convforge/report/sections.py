@@ -219,9 +219,9 @@ def explanations(run: Run) -> dict[str, Any] | None:
         return None
     latest = records[-1]
     grids = []
-    for method, relative in latest.get("grids", {}).items():
-        path = run.path / relative
-        if path.is_file():
+    for method, relative in (latest.get("grids") or {}).items():
+        path = run.recorded_artifact(relative)
+        if path is not None:
             grids.append({"method": method, "uri": plots.png_data_uri(path.read_bytes())})
     return {"latest": latest, "methods": latest["methods"], "grids": grids, "random_map": latest.get("random_map")}
 
@@ -234,8 +234,8 @@ def robustness(run: Run) -> dict[str, Any] | None:
         return None
     charts = {}
     for name, relative in (latest.get("files") or {}).items():
-        path = run.path / relative
-        if path.suffix == ".png" and path.is_file():
+        path = run.recorded_artifact(relative)
+        if path is not None and path.suffix == ".png":
             charts[name] = plots.png_data_uri(path.read_bytes())
     corruptions = latest.get("corruptions")
     severities = sorted({int(s) for v in corruptions["accuracy"].values() for s in v}) if corruptions else []

@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -176,17 +177,39 @@ def sum_across(world: World, values: Sequence[float]) -> list[float]:
 
 def gather_by_position(world: World, total: int, positions: np.ndarray, columns: dict[str, np.ndarray]) -> dict:
     """Per-image results each rank computed on its share, put back in the order of the whole split:
-    `positions` are the rank's images' places in the split, `columns` one value per image each. Every rank
-    gets the whole arrays (all_gather_object: results are small next to the images)."""
+    `positions` are the rank's images' places in the split, `columns` one value per image each (the same
+    names and dtypes on every rank). Every rank gets the whole arrays. Gathered as tensors of fixed dtypes,
+    never as pickles: `dist.all_gather_object` would unpickle whatever another process of the group sent."""
     if not world.distributed:
         return columns
-    shares: list = [None] * world.size
-    dist.all_gather_object(shares, (np.asarray(positions), columns))
-    whole = {name: np.empty(total, dtype=values.dtype) for name, values in columns.items()}
-    for share_positions, share_columns in shares:
-        for name, values in share_columns.items():
-            whole[name][share_positions] = values
+    cuda = dist.get_backend() == "nccl"
+    counts = _all_gather(torch.tensor([len(positions)], dtype=torch.int64), world, cuda)
+    counts = [int(c) for c in counts]
+    shares_positions = _gather_ragged(np.asarray(positions, dtype=np.int64), counts, world, cuda)
+    whole = {}
+    for name, values in columns.items():
+        shares = _gather_ragged(values, counts, world, cuda)
+        whole[name] = np.empty(total, dtype=values.dtype)
+        for share_positions, share in zip(shares_positions, shares, strict=True):
+            whole[name][share_positions] = share
     return whole
+
+
+def _all_gather(tensor: torch.Tensor, world: World, cuda: bool) -> list[torch.Tensor]:
+    tensor = tensor.cuda() if cuda else tensor
+    parts = [torch.empty_like(tensor) for _ in range(world.size)]
+    dist.all_gather(parts, tensor)
+    return [part.cpu() for part in parts]
+
+
+def _gather_ragged(values: np.ndarray, counts: list[int], world: World, cuda: bool) -> list[np.ndarray]:
+    """One 1-D array per rank, of `counts[rank]` values each (padded to the longest for all_gather)."""
+    as_bytes = values.dtype == np.bool_  # gloo has no bool all_gather
+    tensor = torch.from_numpy(np.ascontiguousarray(values.astype(np.uint8) if as_bytes else values))
+    padded = torch.zeros(max(counts), dtype=tensor.dtype)
+    padded[: len(tensor)] = tensor
+    parts = _all_gather(padded, world, cuda)
+    return [part[:count].numpy().astype(values.dtype) for part, count in zip(parts, counts, strict=True)]
 
 
 def broadcast_state(world: World, model: nn.Module) -> None:
@@ -242,9 +265,14 @@ class LaunchFailure(Exception):
 
 
 def launch(nproc: int, argv: Sequence[str]) -> None:
-    """`python -m convforge ARGV` on `nproc` processes of this machine through torchrun's own launcher
-    (torch.distributed.run, a standalone rendezvous on 127.0.0.1), as `torchrun --standalone
-    --nproc-per-node N -m convforge ...` would; raises LaunchFailure naming the first rank that failed."""
+    """`python -m convforge ARGV` on `nproc` processes of this machine through torchrun's own launcher; raises
+    LaunchFailure naming the first rank that failed.
+
+    Not `torchrun --standalone`: its c10d rendezvous keeps pickled state in a TCPStore that listens on every
+    interface, so anyone who can reach the port could make the launcher unpickle what they wrote. A static
+    rendezvous on 127.0.0.1 holds plain keys only; its TCPStore still listens on every interface (PyTorch
+    offers no way to bind it) but the ranks reach it, and each other, on 127.0.0.1, with gloo's transport
+    bound to the loopback device (GLOO_SOCKET_IFNAME). What a multi-node run exposes is in the README."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -252,12 +280,28 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
         raise UserError(f"--nproc is a number of processes, at least 1; got {nproc}")
     # torchrun gives each process 1 thread unless told, and says so; here each gets its share of the cores
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    loopback = _loopback_device()
+    if loopback:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # LaunchFailure says what failed
-    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "convforge",
-                                         *argv])  # fmt: skip
+    with socket.socket() as probe:  # a free port for the rendezvous, on loopback
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = get_args_parser().parse_args(["--nnodes", "1", "--node-rank", "0", "--rdzv-backend", "static",
+                                         "--master-addr", "127.0.0.1", "--master-port", str(port),
+                                         "--nproc-per-node", str(nproc), "--module", "convforge", *argv])  # fmt: skip
     try:
         run(args)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         signal = failure.signal_name() if failure.exitcode < 0 else None
         raise LaunchFailure(rank, failure.exitcode, signal) from None
+
+
+def _loopback_device() -> str | None:
+    """The loopback interface's name (`lo` on Linux, `lo0` on macOS), None where there is none to name."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((name for name in ("lo", "lo0") if name in names), None)
