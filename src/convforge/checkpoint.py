@@ -34,7 +34,7 @@ from convforge.models.factory import check_state_dict_fits
 from convforge.models.fold import fold_model
 from convforge.models.resize import resize_to_shapes
 from convforge.runs import MODEL_FILE, WEIGHTS_FILE
-from convforge.tensorfile import FORMAT, read_tensors, write_tensors
+from convforge.tensorfile import FORMAT, read_tensors, sealed_description, write_tensors
 
 # Fields of model.json that must equal the weights' own description; a difference changes the model.
 SPEC_FIELDS = (
@@ -161,6 +161,30 @@ def read_model_spec(folder: str | os.PathLike) -> ModelSpec:
         raise CheckpointError(f"{path} is damaged ({exc})") from None
 
 
+def read_verified_spec(folder: str | os.PathLike) -> tuple[ModelSpec, str]:
+    """model.json checked against its weights file's header (the description it was saved with, and
+    the weights digest), without loading a tensor: for commands that use a run's exported files, not
+    its weights. The spec and the weights' digest."""
+    folder = Path(folder)
+    spec = read_model_spec(folder)
+    description, digest = sealed_description(folder / WEIGHTS_FILE)
+    _check_recorded_digest(folder, digest)
+    check_description_matches(spec, description, folder)
+    return spec, digest
+
+
+def _check_recorded_digest(folder: Path, digest: str) -> None:
+    try:
+        recorded = (json.loads((folder / MODEL_FILE).read_text()).get("weights") or {}).get("sha256")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{folder / MODEL_FILE} is damaged ({exc})") from None
+    if recorded != digest:
+        raise CheckpointError(
+            f"{folder / MODEL_FILE} and {WEIGHTS_FILE} disagree (digest {str(recorded)[:12]} vs {digest[:12]}); "
+            "one of them was replaced or modified"
+        )
+
+
 def load_model(
     folder: str | os.PathLike, device: str | torch.device = "cpu", expect: ModelSpec | None = None
 ) -> tuple[nn.Module, ModelSpec]:
@@ -172,12 +196,7 @@ def load_model(
     folder = Path(folder)
     spec = read_model_spec(folder)
     tensors, description, digest = read_tensors(folder / WEIGHTS_FILE)
-    recorded = json.loads((folder / MODEL_FILE).read_text()).get("weights", {}).get("sha256")
-    if recorded != digest:
-        raise CheckpointError(
-            f"{folder / MODEL_FILE} and {WEIGHTS_FILE} disagree (digest {str(recorded)[:12]} vs {digest[:12]}); "
-            "one of them was replaced or modified"
-        )
+    _check_recorded_digest(folder, digest)
     check_description_matches(spec, description, folder)
     if expect is not None:
         check_compatible(spec, expect, str(folder))

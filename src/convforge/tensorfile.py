@@ -1,9 +1,12 @@
 """Tensor files: safetensors with a convforge header, verified on reading. Never pickle.
 
 A file written here is self-verifying: its safetensors `__metadata__` carries a JSON description
-(`convforge`) and a SHA-256 over every tensor's name, dtype, shape and bytes (`sha256`). Reading
-recomputes the digest, so a truncated file (safetensors refuses it) or a tampered one (digest
-mismatch) is refused with a clear error instead of producing a silently wrong model.
+(`convforge`), a SHA-256 over every tensor's name, dtype, shape and bytes (`sha256`: the weights'
+digest, which model.json and exported files cite) and a SHA-256 over that digest and the description
+(`description_sha256`, from format 2 on). Reading recomputes both, so a truncated file (safetensors
+refuses it), a tampered one (digest mismatch) or an edited description (relabelled classes) is refused
+with a clear error instead of producing a silently wrong model. Files of format 1 (no description
+digest) still load.
 
 `read_state_dict` is the other door: weights that someone else wrote (an official checkpoint, a
 timm file), safetensors or a PyTorch file loaded with `weights_only=True`, so no code runs.
@@ -22,7 +25,7 @@ import torch
 from convforge.errors import CheckpointError
 from convforge.files import atomic_write_bytes
 
-FORMAT = 1
+FORMAT = 2  # 2: the description is covered by description_sha256
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -47,9 +50,32 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
     # clone: safetensors refuses tensors that share memory (tied weights, views).
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     digest = tensors_digest(tensors)
-    header = {"convforge": json.dumps(metadata, default=str), "sha256": digest, "format": str(FORMAT)}
+    description = json.dumps(metadata, default=str)
+    header = {"convforge": description, "sha256": digest, "format": str(FORMAT),
+              "description_sha256": description_digest(digest, description)}  # fmt: skip
     atomic_write_bytes(path, save(tensors, metadata=header))
     return digest
+
+
+def description_digest(weights_digest: str, description: str) -> str:
+    """SHA-256 over the weights' digest and the description's JSON text: what `description_sha256` holds."""
+    return hashlib.sha256(f"{weights_digest}\0{description}".encode()).hexdigest()
+
+
+def checked_description(header: dict[str, str], path: Path) -> dict[str, Any]:
+    """The description of a convforge header whose description digest holds (CheckpointError otherwise)."""
+    if "sha256" not in header or "convforge" not in header:
+        raise CheckpointError(f"{path} was not written by convforge (no digest in its header)")
+    sealed = header.get("description_sha256")
+    if sealed is None and header.get("format", "1") != "1":
+        raise CheckpointError(f"{path} lacks the digest of its description; the header was edited")
+    if sealed is not None and sealed != description_digest(header["sha256"], header["convforge"]):
+        raise CheckpointError(f"{path}: its description (classes, preprocessing, model keywords) was edited after "
+                              "the file was written; restore the file from the run it belongs to")  # fmt: skip
+    try:
+        return json.loads(header["convforge"])
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: its description is not JSON ({exc})") from None
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
@@ -68,15 +94,25 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise CheckpointError(
             f"{path} is not a readable safetensors file ({exc}); it may be truncated or damaged"
         ) from None
-    if "sha256" not in header or "convforge" not in header:
-        raise CheckpointError(f"{path} was not written by convforge (no digest in its header)")
+    description = checked_description(header, path)
     digest = tensors_digest(tensors)
     if digest != header["sha256"]:
         raise CheckpointError(
             f"{path} fails its integrity check (tensor digest {digest[:12]} != recorded {header['sha256'][:12]}): "
             "the file was modified or damaged after it was written"
         )
-    return tensors, json.loads(header["convforge"]), digest
+    return tensors, description, digest
+
+
+def sealed_description(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """The checked description and the recorded weights digest of a convforge file, from its header alone
+    (no tensor is read: the tensors' own digest is checked when they are loaded)."""
+    path = Path(path)
+    try:
+        header = _header(path).get("__metadata__") or {}
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    return checked_description(header, path), header.get("sha256", "")
 
 
 def safetensors_metadata(raw: bytes) -> dict[str, str]:

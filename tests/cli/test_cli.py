@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from convforge.cli import app
+from convforge.runs import Run
 from tests.helpers import TINY_MODEL, TINY_MODEL_KWARGS, TINY_SHAPES
 
 runner = CliRunner()
@@ -210,3 +211,14 @@ def test_train_from_a_config_file_with_flags_on_top(tmp_path):
     _assert_user_error(invoke("train", "--config", tmp_path / "missing.yaml"), "does not exist")
     config.write_text("optimisation: {mixup: 0.2}\n")
     _assert_user_error(invoke("train", "--config", config), "belongs to 'augmentation'")
+
+
+def test_eval_of_a_folder_whose_every_image_is_unreadable_is_an_error_not_a_result(tmp_path, tiny_run_copy):
+    classes = Run.open(tiny_run_copy).info["data"]["classes"]
+    folder = _class_folder(tmp_path / "broken", classes[:2])
+    for image in folder.rglob("*.png"):
+        image.write_bytes(b"\x89PNG truncated")
+    before = (tiny_run_copy / "metrics.jsonl").read_text()
+    result = invoke("eval", tiny_run_copy, folder)
+    _assert_user_error(result, "no readable image to evaluate")
+    assert (tiny_run_copy / "metrics.jsonl").read_text() == before  # nothing recorded

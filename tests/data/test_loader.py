@@ -47,3 +47,18 @@ def test_the_shares_of_all_ranks_interleave_into_the_one_process_order():
             np.testing.assert_array_equal(interleaved, whole)
     with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
         loader.order(seed=7, rank=2, world_size=2)
+
+
+def test_a_subsets_images_go_with_its_labels(tmp_path):
+    """`split.images[:8]` with `split.labels[:8]` on a limited or carved-out split: the images of those
+    labels, not the first rows of the storage the split shares (they once were)."""
+    from convforge.data import load_dataset
+
+    whole = _imageset()
+    part = whole.subset(np.array([20, 3, 7, 11]))
+    assert part.images[:2].ravel().tolist() == [20, 20, 3, 3] and part.labels[:2].tolist() == [2, 0]
+    assert part.images[-1].ravel().tolist() == [11, 11] and part.images.shape == (4, 2, 1, 1)
+    assert np.asarray(part.images).shape == (4, 2, 1, 1) and len(part.images) == 4
+    limited = load_dataset("shapes:size=16,train=60,val=0,test=30,limit=10").test
+    np.testing.assert_array_equal(limited.images[:5], limited.gather(np.arange(5)))
+    assert len(limited.images) == len(limited.labels) == 10

@@ -69,7 +69,7 @@ def test_webdataset_reads_the_same_samples(shapes_shards):
     theirs = list(webdataset.WebDataset(pattern, shardshuffle=False, empty_check=False))
     assert len(theirs) == len(ours) == 240
     assert [int(s["cls"]) for s in theirs] == ours.labels.tolist()
-    assert all(s["png"] == ours.images.raw(i) for i, s in enumerate(theirs))
+    assert all(s["png"] == ours.storage.raw(i) for i, s in enumerate(theirs))
 
 
 def test_shards_of_digits_are_not_mirrored(tmp_path):

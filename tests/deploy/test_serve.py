@@ -94,6 +94,9 @@ def test_a_corrupt_image_fails_alone(server, images):
         ({"json": {"images": ["aGk="] * 5}}, 413, "5 images in one request; the limit is 4"),
         ({"content": b"0" * (2 << 20), "headers": {"content-type": "application/json"}}, 413, "the limit is 1048576"),
         ({"files": [("files", ("x.png", b"junk", "image/png"))], "params": {"top_k": "many"}}, 422, "top_k"),
+        ({"json": {"images": ["aGk="]}, "params": {"top_k": "\u00b2"}}, 422, "top_k"),  # '²'.isdigit(): once a 500
+        ({"content": b"[" * 100_000, "headers": {"content-type": "application/json"}}, 400,
+         "not valid JSON (nested too deeply)"),  # once an uncaught RecursionError: a 500
     ],
 )
 def test_request_errors_are_json_that_say_what_and_the_limit(server, request_kwargs, status, fragment):
@@ -209,6 +212,9 @@ def test_mistakes_are_refused_before_serving(tiny_run, tmp_path, monkeypatch):
             ([run, "--timeout-ms", "5", "--max-delay-ms", "10"], "must be longer than --max-delay-ms"),
             ([run, "--host", "0.0.0.0"], "would expose the model to other machines"),
             ([tmp_path / "nowhere"], "does not exist"),
+            ([run, "--max-delay-ms", "nan"], "--max-delay-ms must be a finite number, got nan"),  # killed the batcher
+            ([run, "--timeout-ms", "nan"], "--timeout-ms must be a finite number"),  # failed every request
+            ([run, "--max-request-mb", "1e400"], "--max-request-mb must be a finite number, got inf"),
         ]
         for args, fragment in cases:
             port = [] if "--port" in args else ["--port", str(free_port())]

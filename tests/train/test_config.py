@@ -56,3 +56,29 @@ def test_config_file_mistakes_are_named(tmp_path, text, message):
 def test_a_missing_config_file_is_a_user_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config_file(tmp_path / "nope.yaml")
+
+
+def test_a_config_files_values_are_coerced_or_refused_by_name(tmp_path):
+    """YAML reads `1e-3` as text (its floats need a dot): the value becomes 0.001, not a TypeError
+    mid-run; values of the wrong kind, NaN and infinity are refused naming the field."""
+    path = tmp_path / "train.yaml"
+    path.write_text("data: shapes\noptimisation: {lr: 1e-3, epochs: 2.0}\n")
+    config = TrainConfig(**load_config_file(path))
+    assert config.lr == 0.001 and config.epochs == 2 and isinstance(config.epochs, int)
+    for text, message in [("{lr: .nan}", "lr must be a finite number, got nan"),
+                          ("{lr: .inf}", "lr must be a finite number, got inf"),
+                          ("{lr: fast}", "lr must be a finite number, got 'fast'"),
+                          ("{epochs: 2.5}", "epochs must be a whole number, got 2.5"),
+                          ("{lr: true}", "lr must be a finite number, got True")]:  # fmt: skip
+        path.write_text(f"data: shapes\noptimisation: {text}\n")
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            TrainConfig(**load_config_file(path))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("mixup", -1.0, "mixup cannot be negative"), ("cutmix", -0.5, "cutmix cannot be negative"),
+    ("clip_grad", 0.0, "clip_grad is a gradient norm, more than 0"), ("deterministic", "yes", "true or false"),
+])  # fmt: skip
+def test_values_that_would_silently_mean_something_else_are_refused(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(data="shapes", **{field: value})

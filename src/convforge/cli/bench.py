@@ -36,6 +36,10 @@ def bench_command(
     batches = parse_batches(batch)
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
+    if seconds <= 0:
+        raise ConfigError(f"--seconds is a time budget, more than 0; got {seconds:g}")
+    if size is not None and size < 8:
+        raise ConfigError(f"--size is an input side in pixels, at least 8; got {size}")
     from convforge.deploy.backends import parse_backends
     from convforge.deploy.bench import bench, open_source, record_bench
     from convforge.runs import describe_hardware, hardware_fingerprint

@@ -115,6 +115,16 @@ def _json_default(value: Any) -> Any:
         return str(value)
 
 
+def _refuse_non_finite(options: dict[str, Any]) -> None:
+    """No number option means anything as nan or infinity (`--lr nan`, `--max-delay-ms nan`, `1e400`):
+    refused by name before any work, for every command at once."""
+    import math
+
+    for name, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
 def user_errors(command: Callable) -> Callable:
     """Print a UserError as one clear message (no traceback) and exit with status 2; restore torch's
     thread count afterwards."""
@@ -125,6 +135,7 @@ def user_errors(command: Callable) -> Callable:
 
         start_sampling()  # the free-core window overlaps the command's start-up (convforge.threads)
         try:
+            _refuse_non_finite(kwargs)
             with threads_kept():  # a command run in-process (tests) leaves the caller's thread count
                 return command(*args, **kwargs)
         except ValueError as exc:
@@ -155,6 +166,8 @@ def parse_key_values(items: Sequence[str] | None, option: str) -> dict[str, Any]
             parsed[name] = json.loads(value)
         except json.JSONDecodeError:
             parsed[name] = value
+        except RecursionError:
+            raise ConfigError(f"{option} {name}: the value is nested too deeply to be read") from None
     return parsed
 
 
@@ -181,7 +194,7 @@ def parse_batches(text: str) -> list[int]:
     """'1,8,64' -> [1, 8, 64]; anything else is a ConfigError that says what is wrong."""
     batches = []
     for part in (p.strip() for p in text.split(",")):
-        if not part.isdigit() or int(part) < 1:
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:
             raise ConfigError(f"--batch takes positive whole numbers separated by commas, like 1,8,64; got {part!r}")
         batches.append(int(part))
     return list(dict.fromkeys(batches))

@@ -23,6 +23,7 @@ from convforge.cli.common import (
     user_errors,
 )
 from convforge.data.limits import DEFAULT_MAX_PIXELS
+from convforge.errors import ConfigError
 
 
 @user_errors
@@ -55,6 +56,8 @@ def predict_command(
     Example: convforge predict runs/demo photo1.jpg photos/ --top-k 3
     """
     output = Output(quiet, as_json)
+    if top_k < 1:
+        raise ConfigError(f"--top-k is how many classes to show, at least 1; got {top_k}")
     from convforge.threads import set_threads
 
     set_threads(threads)

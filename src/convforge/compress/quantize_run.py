@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from convforge.checkpoint import read_model_spec
+from convforge.checkpoint import read_verified_spec
 from convforge.compress.quantize import METHODS, Attempt, calibration_batches, check_method, prepare, search
 from convforge.data.sample import align_classes, read_pixels, stratified_positions
 from convforge.data.spec import load_dataset
 from convforge.deploy.backends import OnnxModule
 from convforge.deploy.bench import BenchSource, bench
-from convforge.deploy.onnx_file import onnx_metadata, open_session, set_metadata
+from convforge.deploy.onnx_file import check_exported_from, onnx_metadata, open_session, set_metadata
 from convforge.errors import ConfigError, DatasetError, RunFolderError, UserError
 from convforge.files import atomic_write_bytes
 from convforge.runs import INT8_ONNX_FILE, ONNX_FILE, Run
@@ -78,9 +78,10 @@ def quantize_run(
     target = run.artifact(INT8_ONNX_FILE)
     if target.exists() and not force:
         raise UserError(f"{target} exists already; --force replaces it")
-    spec = read_model_spec(run.path)
+    spec, weights_sha256 = read_verified_spec(run.path)  # model.json as its weights were saved
     fp32_bytes = source.read_bytes()
     fp32_metadata = onnx_metadata(source)  # and a damaged file fails here with a clear message
+    check_exported_from(source, fp32_metadata, weights_sha256, spec)
 
     dataset = load_dataset(data, strict=strict, channels=spec.in_chans)
     if "train" not in dataset.splits:

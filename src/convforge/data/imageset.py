@@ -57,11 +57,43 @@ class FileImages:
             return SkippedFile(exc.path, exc.reason)
 
 
+class AlignedImages:
+    """A split's images in the order of its labels: `split.images[i]` is the image of `split.labels[i]`,
+    whatever rows of the storage the split keeps (a limited or carved-out split shares its storage)."""
+
+    def __init__(self, imageset: ImageSet):
+        self._set = imageset
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self._set), *self._set.image_shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        positions = np.arange(len(self._set))[key]
+        if np.ndim(positions) == 0:
+            return self[[int(positions)]][0]
+        if not self._set.streaming:
+            return self._set.gather(positions)
+        rows = [self._set.storage.read(int(self._set.indices[p])) for p in positions]
+        bad = next((r for r in rows if isinstance(r, SkippedFile)), None)
+        if bad is not None:
+            raise ImageDecodeError(bad.path, bad.reason)
+        return np.stack(rows) if rows else np.empty((0, *self._set.image_shape), dtype=np.uint8)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+
 @dataclass
 class ImageSet:
-    """One split: `images[indices[i]]` is image i, `labels[i]` its class index into `classes`."""
+    """One split: `images[i]` is image i and `labels[i]` its class index into `classes`. The images are
+    kept in `storage` (often shared with other splits of the same data), image i at `storage[indices[i]]`."""
 
-    images: Any  # np.ndarray (often memory-mapped), FileImages or data.shards.ShardImages
+    storage: Any  # np.ndarray (often memory-mapped), FileImages or data.shards.ShardImages
     labels: np.ndarray
     classes: list[str]
     indices: np.ndarray | None = None
@@ -70,7 +102,7 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.indices is None:
-            self.indices = np.arange(len(self.images), dtype=np.int64)
+            self.indices = np.arange(len(self.storage), dtype=np.int64)
         if len(self.labels) != len(self.indices):
             raise ValueError(f"{len(self.labels)} labels for {len(self.indices)} images")
 
@@ -81,13 +113,18 @@ class ImageSet:
     def streaming(self) -> bool:
         """Read on demand (`FileImages`, `data.shards.ShardImages`: `read(row)`, `image_shape`, `strict`)
         rather than held as an array."""
-        return not isinstance(self.images, np.ndarray)
+        return not isinstance(self.storage, np.ndarray)
+
+    @property
+    def images(self) -> AlignedImages:
+        """The images in the order of `labels` (`images[:8]` goes with `labels[:8]`)."""
+        return AlignedImages(self)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         if self.streaming:
-            return self.images.image_shape
-        return tuple(self.images.shape[1:])
+            return self.storage.image_shape
+        return tuple(self.storage.shape[1:])
 
     @property
     def num_classes(self) -> int:
@@ -97,7 +134,7 @@ class ImageSet:
         """The images at `positions` (indices into this split), sharing the underlying storage."""
         positions = np.asarray(positions, dtype=np.int64)
         return ImageSet(
-            images=self.images,
+            storage=self.storage,
             labels=self.labels[positions],
             classes=self.classes,
             indices=self.indices[positions],
@@ -110,13 +147,13 @@ class ImageSet:
         if self.streaming:
             raise TypeError("a streaming split is read through a DataLoader, not gathered")
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
-        if isinstance(self.images, np.memmap):
+        if isinstance(self.storage, np.memmap):
             # Reading a memory map in ascending order touches each page once.
             order = np.argsort(rows, kind="stable")
             out = np.empty((len(rows), *self.image_shape), dtype=np.uint8)
-            out[order] = self.images[rows[order]]
+            out[order] = self.storage[rows[order]]
             return out
-        return self.images[rows]
+        return self.storage[rows]
 
     def gather_masks(self, positions: np.ndarray) -> np.ndarray | None:
         if self.masks is None:

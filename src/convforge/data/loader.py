@@ -73,8 +73,8 @@ class BatchLoader:
         for collective steps is the distributed sampler's choice, pad or drop)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        if hasattr(self.imageset.images, "epoch_order"):  # shards: a stream's order (data/shards.py)
-            return self.imageset.images.epoch_order(self.imageset.indices, seed if self.shuffle else None,
+        if hasattr(self.imageset.storage, "epoch_order"):  # shards: a stream's order (data/shards.py)
+            return self.imageset.storage.epoch_order(self.imageset.indices, seed if self.shuffle else None,
                                                     rank, world_size)  # fmt: skip
         n = len(self.imageset)
         order = np.random.default_rng(seed).permutation(n) if self.shuffle else np.arange(n)
@@ -117,7 +117,7 @@ class BatchLoader:
             persistent_workers=False,
         )
         for images, labels, positions, failed in loader:
-            if failed and self.imageset.images.strict:
+            if failed and self.imageset.storage.strict:
                 raise DatasetError(
                     f"cannot read {failed[0].path}: {failed[0].reason} (strict mode); remove or repair it, "
                     "or drop --strict to skip unreadable images"
@@ -141,7 +141,7 @@ class _StreamingSplit(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int):
         row = int(self.imageset.indices[position])
-        return self.imageset.images.read(row), int(self.imageset.labels[position]), position
+        return self.imageset.storage.read(row), int(self.imageset.labels[position]), position
 
 
 def _collate_decoded(items):

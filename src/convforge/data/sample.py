@@ -94,6 +94,6 @@ def read_pixels(imageset: ImageSet, positions: np.ndarray) -> tuple[np.ndarray, 
     unreadable images left out): (pixels, the positions read, how many were unreadable)."""
     if not imageset.streaming:
         return imageset.gather(positions), positions, 0
-    pixels = [imageset.images.read(int(imageset.indices[p])) for p in positions]
+    pixels = [imageset.storage.read(int(imageset.indices[p])) for p in positions]
     kept = [i for i, image in enumerate(pixels) if isinstance(image, np.ndarray)]
     return np.stack([pixels[i] for i in kept]), positions[kept], len(pixels) - len(kept)

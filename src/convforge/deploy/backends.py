@@ -124,7 +124,18 @@ def run_backend_runner(run: Run, model: nn.Module, name: str, *, threads: int | 
     if name in ("torch", "torch-bf16"):
         return torch_backend(model, bf16=name == "torch-bf16", file=str(run.path / WEIGHTS_FILE))
     file = run.artifact(INT8_ONNX_FILE if name == "ort-int8" else ONNX_FILE)
+    if file.is_file():
+        check_run_file(run, file)
     return ort_backend(file, name=name, threads=threads, spinning=spinning)
+
+
+def check_run_file(run: Run, file: Path) -> None:
+    """An exported file under a run's artifacts/ must come from that run's weights and model.json."""
+    from convforge.checkpoint import read_verified_spec
+    from convforge.deploy.onnx_file import check_exported_from, onnx_metadata
+
+    spec, weights_sha256 = read_verified_spec(run.path)
+    check_exported_from(file, onnx_metadata(file), weights_sha256, spec)
 
 
 def run_backend(run: Run, model: nn.Module, name: str, *, threads: int | None = None) -> nn.Module:
@@ -160,6 +171,8 @@ def open_model(
         module = OnnxModule(open_session(path, threads, str(device)), onnx_precision(path))
         folder = path.resolve().parent.parent
         owner = Run(folder) if path.parent.name == ARTIFACTS_DIR and (folder / RUN_FILE).is_file() else None
+        if owner is not None and owner.has_model:  # its figures are recorded in the run: it must be the run's
+            check_run_file(owner, path)
         return module, spec, owner
     run = Run.open(path)
     model, spec = load_model(run.path, device=device)

@@ -73,7 +73,7 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
         return HttpError(413, f"the request body is {size}; the limit is {max_bytes} bytes", limit=max_bytes)
 
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise too_large(f"{int(declared)} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -118,8 +118,10 @@ async def _multipart(request: Request, body: bytes, max_images: int) -> PredictR
 def _json(body: bytes) -> PredictRequest:
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"the body is not valid JSON ({exc}); send {{\"images\": [\"<base64>\", ...]}}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting thousands deep
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise HttpError(400, f"the body is not valid JSON ({reason}); "
+                        "send {\"images\": [\"<base64>\", ...]}") from None
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         raise HttpError(422, "the JSON body must be an object with 'images': a list of base64-encoded image files")
     unknown = sorted(set(document) - {"images", "top_k"})
@@ -146,7 +148,7 @@ def _top_k(value: int | str | None) -> int | None:
     if value is None:
         return None
     text = str(value).strip()
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # isdigit() alone admits '²', which int() refuses
         raise HttpError(422, f"top_k must be a whole number of 1 or more, got {value!r}")
     return int(text)
 

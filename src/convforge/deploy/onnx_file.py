@@ -5,11 +5,16 @@ The metadata (`metadata_props`, all strings) says how to feed the model and read
 `classes` (JSON list, in output order), `mean`, `std` (JSON lists, on [0, 1] pixels), `input_size`
 (JSON [height, width]), `channels`, `channel_order` ("RGB" or "L"), `interpolation`, `crop_pct`, and
 where it came from: `convforge_version`, `architecture`, `source_weights_sha256`, `run`. `convforge`
-holds the whole model description as JSON, which is what convforge itself reads back.
+holds the whole model description as JSON, which is what convforge itself reads back. `metadata_sha256`
+is a SHA-256 over all of these: a copy whose class list or preprocessing was edited is refused instead of
+predicting under the wrong names (integrity, not provenance: whoever edits the file can recompute it).
+A run's own exported files must cite its weights (`check_exported_from`): another run's export copied
+into artifacts/ is refused rather than evaluated or served under this run's name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,7 +37,7 @@ def metadata_for(spec: ModelSpec, *, run_name: str | None, weights_sha256: str |
         "interpolation": p.interpolation, "crop_pct": p.crop_pct,
     }  # fmt: skip
     description = {k: v for k, v in spec.to_dict().items() if k != "shapes"}
-    return {
+    metadata = {
         **{key: json.dumps(value) if not isinstance(value, str) else value for key, value in plain.items()},
         "convforge": json.dumps(description),
         "convforge_version": __version__,
@@ -40,6 +45,44 @@ def metadata_for(spec: ModelSpec, *, run_name: str | None, weights_sha256: str |
         "source_weights_sha256": weights_sha256 or "",
         "run": run_name or "",
     }
+    return {**metadata, SEAL: metadata_digest(metadata)}
+
+
+SEAL = "metadata_sha256"
+
+
+def metadata_digest(metadata: dict[str, str]) -> str:
+    """SHA-256 over every metadata entry but the seal itself, in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in metadata if k != SEAL):
+        digest.update(f"{key}\0{metadata[key]}\0".encode())
+    return digest.hexdigest()
+
+
+def checked_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> dict[str, str]:
+    """`metadata` when its seal holds (or it has none: files exported before seals, or by others)."""
+    if SEAL in metadata and metadata[SEAL] != metadata_digest(metadata):
+        raise CheckpointError(f"{path}: its metadata (classes, preprocessing or description) was edited after "
+                              "export; export the run again with `convforge export RUN --force`")  # fmt: skip
+    return metadata
+
+
+def check_exported_from(path: str | os.PathLike, metadata: dict[str, str], weights_sha256: str,
+                        spec: ModelSpec) -> None:  # fmt: skip
+    """A run's own exported file must come from this run's weights and describe this run's model."""
+    checked_metadata(path, metadata)
+    source = metadata.get("source_weights_sha256") or "none"
+    if source != weights_sha256:
+        raise CheckpointError(f"{path} was not exported from this run's weights (it cites {source[:12]}, the run's "
+                              f"are {weights_sha256[:12]}); export the run again with `convforge export RUN "
+                              "--force` (and quantize again)")  # fmt: skip
+    try:
+        described = ModelSpec.from_dict(json.loads(metadata["convforge"]))
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path} has no readable convforge description ({exc})") from None
+    if described.classes != spec.classes or described.preprocessing != spec.preprocessing:
+        raise CheckpointError(f"{path} describes other classes or preprocessing than the run's model.json; "
+                              "export the run again with `convforge export RUN --force`")
 
 
 def set_metadata(model_proto: Any, metadata: dict[str, str]) -> None:
@@ -63,7 +106,7 @@ def read_onnx(path: str | os.PathLike) -> Any:
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    return _metadata(read_onnx(path))
+    return checked_metadata(path, _metadata(read_onnx(path)))
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
@@ -89,7 +132,7 @@ def onnx_input_size(path: str | os.PathLike, side: int | None = None) -> tuple[i
     """(channels, height, width) an ONNX file takes: from convforge metadata, else its static input
     shape; `side` overrides height and width."""
     proto = read_onnx(path)
-    metadata = _metadata(proto)
+    metadata = checked_metadata(path, _metadata(proto))
     if "convforge" in metadata:
         spec = ModelSpec.from_dict(json.loads(metadata["convforge"]))
         channels, (height, width) = spec.in_chans, spec.preprocessing.input_size
@@ -112,7 +155,7 @@ def spec_from_onnx(
     """The model description an ONNX file carries; for a file without convforge metadata, the
     caller's `classes`, `mean`, `std` (and `input_size`, else the file's static input shape)."""
     proto = read_onnx(path)
-    metadata = _metadata(proto)
+    metadata = checked_metadata(path, _metadata(proto))
     if "convforge" in metadata:
         return ModelSpec.from_dict(json.loads(metadata["convforge"]))
     dims = _input_dims(proto)

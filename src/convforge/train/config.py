@@ -13,7 +13,10 @@ The fields stay flat (`config.lr`, as in run.json since the first runs) and belo
 
 from __future__ import annotations
 
+import math
 import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -104,13 +107,20 @@ class TrainConfig:
 
         from convforge.checkpoint import check_self_contained_kwargs
 
-        problems = []
+        problems = _coerce_field_types(self)
+        if problems:  # the checks below compare values: they need numbers where numbers belong
+            raise ConfigError("; ".join(problems))
         if self.epochs < 1:
             problems.append(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be at least 1, got {self.batch_size}")
         if self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
+        for name in ("mixup", "cutmix", "weight_decay", "momentum"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} cannot be negative, got {getattr(self, name)}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            problems.append(f"clip_grad is a gradient norm, more than 0; got {self.clip_grad}")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         optimizers = list_optimizers()
@@ -173,6 +183,46 @@ class TrainConfig:
             if section != "run" and names:
                 grouped[section] = {name: values[name] for name in names}
         return grouped
+
+
+def _coerce_field_types(config: TrainConfig) -> list[str]:
+    """Each field as its declared type, or a problem naming it. A config file's `lr: 1e-3` is a string to
+    YAML (its floats need a dot: 1.0e-3) and becomes 0.001; `epochs: "x"`, `lr: .nan` or `mixup: true`
+    are refused by name instead of failing later with a TypeError or training on NaN."""
+    problems = []
+    for name, declared in typing.get_type_hints(TrainConfig).items():
+        value = getattr(config, name)
+        origin = typing.get_origin(declared)
+        if origin not in (None, typing.Union, types.UnionType):
+            continue  # dict[str, Any] and the like: checked where they are used
+        kinds = set(typing.get_args(declared)) if origin else {declared}
+        if value is None and type(None) in kinds:
+            continue
+        try:
+            value = _as_declared(value, kinds)
+        except (ValueError, OverflowError):
+            wanted = " or ".join(_KIND_NAMES[k] for k in (float, int, bool, str) if k in kinds)
+            problems.append(f"{name} must be {wanted}, got {getattr(config, name)!r}")
+            continue
+        setattr(config, name, value)
+    return problems
+
+
+_KIND_NAMES = {float: "a finite number", int: "a whole number", bool: "true or false", str: "text"}
+
+
+def _as_declared(value: Any, kinds: set) -> Any:
+    """`value` as one of the declared `kinds` (numbers from numbers or numeric text, finite), else ValueError."""
+    numeric = not isinstance(value, bool) and isinstance(value, (int, float, str))
+    if float in kinds and numeric:
+        number = float(value)
+        if math.isfinite(number):
+            return number
+    elif int in kinds and numeric and float(value).is_integer():
+        return int(float(value))
+    elif any(isinstance(value, kind) for kind in kinds if kind in (bool, str)):
+        return value
+    raise ValueError(value)
 
 
 def section_of(name: str) -> str:

@@ -21,6 +21,7 @@ from convforge.data.imageset import ImageSet
 from convforge.data.loader import BatchLoader
 from convforge.data.transforms import Preprocessing, eval_transform
 from convforge.device import autocast_context, precision_name
+from convforge.errors import DatasetError
 from convforge.train.distributed import SINGLE, World, gather_by_position
 
 
@@ -64,6 +65,9 @@ def evaluate(
     under autocast (the result's `precision` says so); figures convforge reports use None (float32), the
     rule of `device.resolve_inference_amp`. A model that declares its own `precision` (an INT8 ONNX
     file) is recorded as that."""
+    if len(imageset) == 0:  # every image skipped as unreadable: a top-1 of 0 on 0 images is not a result
+        raise DatasetError(f"the {imageset.name} split has no readable image to evaluate (every one was skipped "
+                           "as unreadable: see the skipped files); fix or replace them, or evaluate another split")
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -112,6 +116,9 @@ def _summarise(imageset: ImageSet, columns: dict[str, np.ndarray]) -> EvalResult
     evaluated = predictions >= 0
     labels = np.asarray(imageset.labels)[evaluated]
     seen = int(evaluated.sum())
+    if seen == 0:  # a streamed split whose every image failed to decode while it was read
+        raise DatasetError(f"none of the {len(imageset)} images of the {imageset.name} split could be decoded; "
+                           "nothing was evaluated (see the skipped files)")
     correct = predictions[evaluated] == labels
     confusion = np.bincount(labels * num_classes + predictions[evaluated], minlength=num_classes**2)
     confusion = confusion.reshape(num_classes, num_classes)
