@@ -139,3 +139,34 @@ def test_training_refuses_model_keywords_that_download():
 
     with pytest.raises(ConfigError, match=r"--model-arg: pretrained=True would download.*--pretrained"):
         TrainConfig(data="shapes", model_kwargs={"pretrained": True})
+
+
+def test_a_run_saved_before_unireplknet_renamed_its_branches_still_loads(tmp_path):
+    """Weights and recorded shapes under the old names (`dil_conv_k{k}_{r}`, the official layout) load:
+    the model's own renaming runs before the fit check, as it does in create_model(checkpoint_path=)."""
+    import re
+
+    spec = ModelSpec("unireplknet_a", 3, 3, ["a", "b", "c"], Preprocessing((32, 32), (0.5,) * 3, (0.25,) * 3))
+    model = create_model("unireplknet_a", num_classes=3).eval()
+    save_model(tmp_path, model, spec)
+    tensors, description, _ = read_tensors(tmp_path / "model.safetensors")
+
+    def old_name(key: str) -> str:  # stage block i's dilated_branches.{j}.conv -> dil_conv_k{k}_{r}
+        match = re.search(r"dilated_branches\.(\d+)\.(conv|bn)\.", key)
+        if not match:
+            return key
+        from convforge.models.unireplknet import DILATED_BRANCHES
+
+        k, r = DILATED_BRANCHES[13][int(match.group(1))]  # unireplknet_a's large kernels are 13
+        return key.replace(match.group(0), f"dil_{match.group(2)}_k{k}_{r}.")
+
+    old = {old_name(k): v for k, v in tensors.items()}
+    assert old.keys() != tensors.keys()
+    description["shapes"] = {old_name(k): v for k, v in description["shapes"].items()}
+    digest = write_tensors(tmp_path / "model.safetensors", old, description)
+    (tmp_path / "model.json").write_text(json.dumps({**description, "weights": {"file": "model.safetensors",
+                                                                                 "sha256": digest}}))  # fmt: skip
+    loaded, _ = load_model(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

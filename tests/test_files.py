@@ -57,3 +57,28 @@ def test_no_other_module_renames_files_into_place():
         if used:
             found[path.relative_to(SOURCE).as_posix()] = used
     assert found == RENAMERS
+
+
+def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    """A killed write leaves a hidden `.NAME.~PID~.*.tmp` (or a `.partial` folder); the next run that
+    opens the folder removes those whose process is gone, never a live writer's or anything else."""
+    import subprocess
+    import sys
+
+    from convforge.files import remove_stale_temporaries
+    from convforge.runs import Run
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(dead.stdout)
+    run = Run.create(tmp_path / "run", command="c", stage="train", config={})
+    (run.path / f".model.json.~{gone}~.x1.tmp").write_text("half")
+    (run.path / "artifacts").mkdir()
+    (run.path / "artifacts" / f".model.onnx.~{gone}~.x2.tmp").write_text("half")
+    (run.path / f".shards.~{gone}~.x3.partial").mkdir()
+    live = run.path / f".model.json.~{os.getpid()}~.x4.tmp"
+    live.write_text("being written")
+    (run.path / ".hidden-of-the-user").write_text("mine")
+    Run.open(run.path)
+    left = sorted(p.name for p in run.path.iterdir()) + sorted(p.name for p in (run.path / "artifacts").iterdir())
+    assert left == [".hidden-of-the-user", live.name, "artifacts", "run.json"]
+    assert remove_stale_temporaries(tmp_path / "nowhere") == 0

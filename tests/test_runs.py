@@ -65,3 +65,35 @@ def test_run_files_respect_the_umask_like_any_other_file(tiny_run):
     written = [p for p in tiny_run.run.path.rglob("*") if p.is_file()]
     assert {"run.json", "model.safetensors", "model.json", "last.safetensors"} <= {p.name for p in written}
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(expected) for p in written}
+
+
+def test_malformed_run_files_are_one_message_or_left_out(tmp_path):
+    """run.json that is a list, or whose config is not an object, is refused by name; metrics.jsonl lines
+    that are numbers, lists or garbage are left out with a count, never a crash; a model.json whose
+    input size or statistics cannot be used is refused when it is read."""
+    import json
+
+    import pytest
+
+    from convforge.checkpoint import read_model_spec
+    from convforge.errors import CheckpointError, RunFolderError
+    from convforge.runs import Run
+
+    run = Run.create(tmp_path / "run", command="c", stage="train", config={})
+    run.append_metrics({"kind": "eval", "top1": 0.5})
+    with open(run.path / "metrics.jsonl", "a") as handle:
+        handle.write("5\n[1, 2]\n{not json\n" + "[" * 100_000 + "\n")
+    run.append_metrics({"kind": "eval", "top1": 0.7})
+    assert [r["top1"] for r in run.metrics("eval")] == [0.5, 0.7]
+    for text in ("[1, 2]", json.dumps({"config": [1]}), "[" * 100_000):
+        (run.path / "run.json").write_text(text)
+        with pytest.raises(RunFolderError, match="damaged"):
+            Run.open(run.path)
+    model = {"architecture": "resnet10t", "num_classes": 2, "in_chans": 3, "classes": ["a", "b"],
+             "preprocessing": {"input_size": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3}}  # fmt: skip
+    for field, value, message in [("input_size", [-5, "x"], "input_size must be"), ("std", [0, 1, 1], "std"),
+                                  ("mean", "abc", "mean and std must be lists")]:  # fmt: skip
+        broken = {**model, "preprocessing": {**model["preprocessing"], field: value}}
+        (run.path / "model.json").write_text(json.dumps(broken))
+        with pytest.raises(CheckpointError, match=message):
+            read_model_spec(run.path)

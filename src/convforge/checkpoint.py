@@ -30,7 +30,7 @@ from convforge.errors import CheckpointError
 from convforge.files import atomic_write_json
 from convforge.measure.counting import count_params
 from convforge.models import create_model
-from convforge.models.factory import check_state_dict_fits
+from convforge.models.factory import check_state_dict_fits, renamed_for
 from convforge.models.fold import fold_model
 from convforge.models.resize import resize_to_shapes
 from convforge.runs import MODEL_FILE, WEIGHTS_FILE
@@ -85,8 +85,10 @@ class ModelSpec:
         model = create_model(
             self.architecture, num_classes=self.num_classes, in_chans=self.in_chans, **self.model_kwargs
         )
-        if self.shapes:
-            resize_to_shapes(model, self.shapes, self.architecture)
+        if self.shapes:  # recorded under the names the weights were saved with: renamed as the load will
+            shapes = {name: torch.empty(shape, device="meta") for name, shape in self.shapes.items()}
+            renamed = {name: list(t.shape) for name, t in renamed_for(model, shapes).items()}
+            resize_to_shapes(model, renamed, self.architecture)
         if self.folded:
             model = fold_model(model, inplace=True).model
         return model
@@ -157,7 +159,7 @@ def read_model_spec(folder: str | os.PathLike) -> ModelSpec:
         data = json.loads(path.read_text())
         check_self_contained_kwargs(data.get("model_kwargs") or {}, str(path))
         return ModelSpec.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # JSONDecodeError is one
         raise CheckpointError(f"{path} is damaged ({exc})") from None
 
 
@@ -201,6 +203,7 @@ def load_model(
     if expect is not None:
         check_compatible(spec, expect, str(folder))
     model = spec.build()
+    tensors = renamed_for(model, tensors)  # a run saved before a block renamed its tensors loads too
     check_state_dict_fits(model, tensors, str(folder / WEIGHTS_FILE))
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), spec

@@ -9,9 +9,10 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     ordinary write would (mkstemp's 0600 would make a published run folder unreadable to others)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
     try:
         os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as handle:
@@ -52,15 +53,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike, replace: Callable[[], None] | None = None) -> Iterator[Path]:
     """A folder written whole or not at all: the caller fills the temporary folder this yields (beside
     `path`, so the rename stays on one file system); every file in it is fsynced and the folder renamed
-    to `path` when the block ends without an error, or removed when it raises. `path` must not exist."""
+    to `path` when the block ends without an error, or removed when it raises. `path` must not exist,
+    unless `replace` is given: it removes what is at `path` just before the rename (`--force`)."""
     path = Path(path)
-    if path.exists():
+    if path.exists() and replace is None:
         raise FileExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    remove_stale_temporaries(path.parent)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".partial"))
     try:
         yield tmp
         for file in tmp.rglob("*"):
@@ -69,10 +72,51 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
                     os.fsync(handle.fileno())
         for folder in (tmp, *(f for f in tmp.rglob("*") if f.is_dir())):
             os.chmod(folder, _file_mode() | (_file_mode() & 0o444) >> 2)  # mkdtemp's 0700 -> what mkdir gives
+        if replace is not None and path.exists():
+            replace()
         os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_TEMPORARY = re.compile(r"^\..+\.~(\d+)~\..*\.(tmp|partial)$")
+
+
+def _temporary_prefix(path: Path) -> str:
+    """`.NAME.~PID~.`: hidden, and naming the process that writes it, so a later run can tell the
+    temporaries of a killed writer (its process gone) from those of one still writing."""
+    return f".{path.name}.~{os.getpid()}~."
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Remove the temporary files and folders that killed writers left in `folder` (their process no
+    longer exists); how many. Those of live processes, and anything else, are left alone."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:

@@ -20,6 +20,7 @@ never half of a new one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -32,7 +33,9 @@ from typing import Any
 
 from convforge._version import __version__
 from convforge.errors import RunFolderError
-from convforge.files import atomic_write_bytes, atomic_write_json, json_default
+from convforge.files import atomic_write_bytes, atomic_write_json, json_default, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -108,9 +111,13 @@ class Run:
                 "`convforge train` and the other commands (default: runs/<name>)"
             )
         try:
-            json.loads((run.path / RUN_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            info = json.loads((run.path / RUN_FILE).read_text())
+        except (OSError, ValueError, RecursionError) as exc:
             raise RunFolderError(f"{run.path / RUN_FILE} is damaged ({exc})") from None
+        if not isinstance(info, dict) or not isinstance(info.get("config", {}), dict):
+            raise RunFolderError(f"{run.path / RUN_FILE} is damaged: it must be a JSON object whose config is one")
+        for folder in (run.path, run.path / ARTIFACTS_DIR, run.path / CHECKPOINTS_DIR):
+            remove_stale_temporaries(folder)  # what killed writers left behind (files.py)
         return run
 
     # --------------------------------------------------------------------------- run.json
@@ -152,18 +159,25 @@ class Run:
             os.fsync(handle.fileno())
 
     def metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """The records of metrics.jsonl (optionally of one `kind`); a torn last line is ignored."""
+        """The records of metrics.jsonl (optionally of one `kind`). A torn last line, and any line that is
+        not a JSON object (a number, a list, text), is left out: counted in a warning, never a crash."""
         path = self.path / METRICS_FILE
         if not path.is_file():
             return []
-        records = []
-        for line in path.read_text().splitlines():
+        records, bad = [], 0
+        lines = path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
+                record = None
+            if not isinstance(record, dict):
+                bad += number < len(lines)  # a torn last line is what a kill mid-write leaves: not counted
                 continue
             if kind is None or record.get("kind") == kind:
                 records.append(record)
+        if bad:
+            log.warning("%s: %d line(s) are not records and were left out", path, bad)
         return records
 
     def drop_records_after(self, epoch: int, step: int = 0) -> None:

@@ -222,3 +222,20 @@ def test_eval_of_a_folder_whose_every_image_is_unreadable_is_an_error_not_a_resu
     result = invoke("eval", tiny_run_copy, folder)
     _assert_user_error(result, "no readable image to evaluate")
     assert (tiny_run_copy / "metrics.jsonl").read_text() == before  # nothing recorded
+
+
+def test_a_full_disk_is_a_message_not_a_crash(tmp_path, monkeypatch):
+    """The decode cache reserves its blocks before mapping them (a mapped write on a full disk is a
+    SIGBUS, no message), and any command that meets a full disk says so and exits 2."""
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    folder = _class_folder(tmp_path / "pets", ["cat", "dog"], per_class=4)
+    result = invoke("train", folder, "--model", TINY_MODEL, "--epochs", "1", "--out", tmp_path / "run", "-q")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "the disk is full" in text and ".npy" in text and "Traceback" not in text

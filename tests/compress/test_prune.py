@@ -334,3 +334,27 @@ def test_a_run_without_weights_and_an_existing_output_are_refused(tiny_run, tmp_
     assert (taken / "keep.txt").read_text() == "mine"
     result = invoke("prune", tiny_run.run.path, TINY_SHAPES, "--macs", "0.5", "--out", taken, "--force")
     assert result.exit_code == 2 and "not a run folder" in result.output  # --force replaces only run folders
+
+
+def test_a_prune_that_dies_late_leaves_nothing_under_its_name_and_force_keeps_the_old_child(tiny_run, tmp_path,
+                                                                                               monkeypatch):
+    """The child is made in a hidden folder and renamed into place whole: a failure (or a kill) at the
+    last step leaves no half-made child under --out; with --force the old child stays until the new
+    one is complete."""
+    from convforge.compress import prune_run as module
+
+    out = tmp_path / "child"
+    prune_run(tiny_run.run.path, TINY_SHAPES, out, macs=0.6, latency_seconds=0.02)
+    before = (out / "run.json").read_text()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the last step: the drift study
+
+    monkeypatch.setattr(module, "drift_into_run", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prune_run(tiny_run.run.path, TINY_SHAPES, tmp_path / "new", macs=0.5, latency_seconds=0.02)
+    with pytest.raises(KeyboardInterrupt):
+        prune_run(tiny_run.run.path, TINY_SHAPES, out, macs=0.5, latency_seconds=0.02, force=True)
+    assert not (tmp_path / "new").exists() and (out / "run.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child"]  # no temporary left either
+    assert json.loads(before)["name"] == "child"

@@ -44,9 +44,9 @@ def test_the_search_tries_the_other_methods_then_keeps_the_most_harmful_layers_i
                         json.dumps([method, list(kept_fp32)]).encode())  # fmt: skip
     monkeypatch.setattr(quantize, "layer_harm", lambda fp32, int8, inputs: {"conv_a": 0.3, "conv_b": 0.2, "fc": 0.1})
 
-    def score(model: bytes) -> float:
+    def score(model: bytes) -> tuple[float, float]:
         method, kept = json.loads(model)
-        return {"minmax": 0.80, "entropy": 0.84, "percentile": 0.82}[method] + 0.03 * len(kept)
+        return {"minmax": 0.80, "entropy": 0.84, "percentile": 0.82}[method] + 0.03 * len(kept), 1.0
 
     found = search(b"", [np.zeros(1)], score, method="minmax", max_drop=1.0, fp32_top1=0.90)
     tried = [(a.method, a.kept_fp32) for a in found.attempts]
@@ -94,3 +94,20 @@ def test_weights_use_seven_bits_where_the_cpu_lacks_vnni(monkeypatch):
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # how the benchmarks reproduce an AVX2-only machine
     assert cpu_has_vnni() is False
+
+
+def test_a_config_that_keeps_top1_but_changes_many_predictions_is_beyond_the_budget(monkeypatch):
+    """Near chance, INT8 can keep its top-1 while changing a third of its answers (38% once passed
+    'within budget'): agreement with fp32 is gated too, and the search goes on until it holds."""
+    monkeypatch.setattr(quantize, "quantize_bytes", lambda fp32, batches, method, kept_fp32=(), op_types=None:
+                        json.dumps([method, list(kept_fp32)]).encode())  # fmt: skip
+    monkeypatch.setattr(quantize, "layer_harm", lambda fp32, int8, inputs: {"conv_a": 0.3, "fc": 0.1})
+
+    def score(model: bytes) -> tuple[float, float]:
+        method, kept = json.loads(model)
+        return 0.30, 0.62 + 0.35 * len(kept)  # the same top-1 as fp32, 38% of the answers changed
+
+    found = search(b"", [np.zeros(1)], score, method="minmax", max_drop=1.0, fp32_top1=0.30)
+    assert [(a.method, a.kept_fp32) for a in found.attempts][-1] == ("minmax", ["conv_a"]) and found.within_budget
+    never = search(b"", [np.zeros(1)], lambda model: (0.30, 0.62), method="minmax", max_drop=1.0, fp32_top1=0.30)
+    assert not never.within_budget and all(a.drop_points == 0 for a in never.attempts)

@@ -140,3 +140,18 @@ def test_the_divergence_finder_names_the_first_module_that_differs():
     onnx_bytes, _ = export_onnx_bytes(honest, spec)
     clean = find_divergence(honest, onnx_bytes, torch.randn(4, 3, 32, 32))
     assert clean.first is None and clean.compared > 20
+
+
+def test_the_parity_tolerance_scales_with_the_logits():
+    """Logits near 1e5 differing by float rounding (7.5e-7 relative) pass; the same absolute difference on
+    logits near 1 does not, and a real disagreement on large logits does not either."""
+    from convforge.deploy.export import DEFAULT_ATOL, DEFAULT_MIN_AGREEMENT, compare_logits
+
+    rng = np.random.default_rng(0)
+    large = rng.normal(0, 1e5, size=(32, 10))
+    rounding = compare_logits(large, large * (1 + 7.5e-7), DEFAULT_ATOL, DEFAULT_MIN_AGREEMENT)
+    assert rounding.max_abs_logit_diff > DEFAULT_ATOL and rounding.passed  # once rejected: atol was absolute
+    small = rng.normal(0, 1, size=(32, 10))
+    assert not compare_logits(small, small + 0.2, DEFAULT_ATOL, DEFAULT_MIN_AGREEMENT).passed
+    assert not compare_logits(large, large + 1e3, DEFAULT_ATOL, DEFAULT_MIN_AGREEMENT).passed  # 1e-2 relative
+    assert rounding.to_dict()["allowed"] == pytest.approx(DEFAULT_ATOL * np.abs(large).max())

@@ -82,3 +82,28 @@ def test_a_weights_description_edited_with_model_json_is_refused(tiny_run, tmp_p
     (run / "model.json").write_text(json.dumps(spec))
     with pytest.raises(CheckpointError, match="description .* was edited after the file was written"):
         load_model(run)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: m.update(convforge="{not json"), "convforge metadata is not a model description"),
+    (lambda m: m.update(convforge=json.dumps({**json.loads(m["convforge"]),
+                                              "classes": json.loads(m["convforge"])["classes"][:3],
+                                              "num_classes": 3})), "names 3 classes"),
+    (lambda m: m.update(convforge=json.dumps({**json.loads(m["convforge"]), "preprocessing": {
+        **json.loads(m["convforge"])["preprocessing"], "input_size": [-5, 7]}})), "input_size must be"),
+])  # fmt: skip
+def test_an_onnx_file_whose_metadata_does_not_fit_its_graph_is_refused_before_any_work(exported, tmp_path, change,
+                                                                                       message):
+    """Resealed, as a careful forger would: the checks are of what the metadata says, not of the seal."""
+    copy = _edit_metadata(exported / "artifacts" / "model.onnx", tmp_path / "bad.onnx", change, reseal=True)
+    with pytest.raises(CheckpointError, match=message):
+        spec_from_onnx(copy)
+    served = invoke("predict", copy, tmp_path / "none.png")
+    assert served.exit_code == 2 and "Traceback" not in served.output
+
+
+def test_an_empty_onnx_file_is_one_message(tmp_path):
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    result = invoke("predict", tmp_path / "empty.onnx", tmp_path / "none.png")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "empty or damaged" in " ".join(result.output.split()) or "not an ONNX file" in result.output

@@ -1,6 +1,7 @@
 """What every command shares: user-error handling, --quiet/--json output, options declared once,
 small parsers. Imports no library module that imports torch (the CLI stays fast to start)."""
 
+import errno
 import functools
 import json
 import logging
@@ -125,9 +126,17 @@ def _refuse_non_finite(options: dict[str, Any]) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
 
 
+_DISK_ERRORS = {
+    errno.ENOSPC: "the disk is full: free some space, or write elsewhere (--out, CONVFORGE_CACHE)",
+    errno.EDQUOT: "the disk quota is used up: free some space, or write elsewhere (--out, CONVFORGE_CACHE)",
+    errno.EROFS: "the file system is read-only: write elsewhere (--out, CONVFORGE_CACHE)",
+    errno.EACCES: "permission denied: write elsewhere (--out, CONVFORGE_CACHE) or change the folder's permissions",
+}
+
+
 def user_errors(command: Callable) -> Callable:
-    """Print a UserError as one clear message (no traceback) and exit with status 2; restore torch's
-    thread count afterwards."""
+    """Print a UserError, or a full, read-only or forbidden disk, as one clear message (no traceback) and
+    exit with status 2; restore torch's thread count afterwards."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -146,6 +155,14 @@ def user_errors(command: Callable) -> Callable:
         except UserError as exc:
             # escaped: a message may hold brackets rich would read as markup (pip install 'convforge[lrp]')
             message = escape(str(exc))
+            Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except OSError as exc:
+            if exc.errno not in _DISK_ERRORS:
+                raise
+            # every writer is atomic (files.py): nothing half-written is left under its final name
+            where = f" {exc.filename}" if exc.filename else ""
+            message = escape(f"cannot write{where}: {exc.strerror}; {_DISK_ERRORS[exc.errno]}")
             Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:

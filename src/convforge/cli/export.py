@@ -28,7 +28,9 @@ def export_command(
     ] = None,
     split: SplitOption = None,
     images: Annotated[int, typer.Option(help="Images the parity check compares (all when fewer).")] = 256,
-    atol: Annotated[float, typer.Option(help="Largest accepted |logit difference| PyTorch vs ONNX.")] = _ATOL,
+    atol: Annotated[float, typer.Option(
+        help="Largest accepted |logit difference| PyTorch vs ONNX, per unit of the largest |logit| (at least 1)."
+    )] = _ATOL,
     min_agreement: Annotated[
         float, typer.Option(help="Smallest accepted share of images with the same top-1 class.")
     ] = _MIN_AGREEMENT,

@@ -27,6 +27,9 @@ def quantize_command(
     max_drop: Annotated[
         float, typer.Option(help="Most top-1 points INT8 may lose; beyond it the search tries more.")
     ] = 1.0,
+    min_agreement: Annotated[
+        float, typer.Option(help="Least share of test images on which INT8 must predict what fp32 does.")
+    ] = 0.95,
     split: SplitOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the calibration draw.")] = 0,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")] = None,
@@ -39,8 +42,9 @@ def quantize_command(
 
     Static post-training quantization with ONNX Runtime (QDQ, per-channel weights). fp32 and INT8 are
     evaluated on the test split and timed at batch 1 and 64. When INT8 loses more than --max-drop
-    points of top-1, the other calibration methods are tried, then the layers whose quantization
-    hurts most stay in fp32 until the budget holds; the result names them.
+    points of top-1, or agrees with fp32 on fewer than --min-agreement of the images, the other
+    calibration methods are tried, then the layers whose quantization hurts most stay in fp32 until
+    the budget holds; the result names them.
 
     Example: convforge quantize runs/resnet18 cifar10:data/cifar10-jpg.tar.gz --calibration 512
     """
@@ -49,8 +53,9 @@ def quantize_command(
 
     from convforge.compress.quantize_run import quantize_run
 
-    result = quantize_run(run_path, data, calibration=calibration, method=method, max_drop=max_drop, split=split,
-                          seed=seed, threads=threads, strict=strict, force=force)  # fmt: skip
+    result = quantize_run(run_path, data, calibration=calibration, method=method, max_drop=max_drop,
+                          min_agreement=min_agreement, split=split, seed=seed, threads=threads, strict=strict,
+                          force=force)  # fmt: skip
     table = Table(title=f"{run_path / result.path} ({result.method}, {result.calibration_images} calibration images)")
     for column in ("", "top-1", "size MB", "batch 1 ms", "batch 64 img/s", "speed-up at 1", "at 64"):
         table.add_column(column, justify="left" if not column else "right")
@@ -63,8 +68,8 @@ def quantize_command(
     output.table(table)
     verdict = "within" if result.within_budget else "[bold red]beyond[/bold red]"
     kept = f"; kept in fp32: {', '.join(result.kept_fp32)}" if result.kept_fp32 else ""
-    output.message(f"top-1 drop {result.drop_points:.2f} points, {verdict} the budget of {max_drop:g}; "
-                   f"agreement with fp32 {percent(result.agreement)}{kept}")  # fmt: skip
+    output.message(f"top-1 drop {result.drop_points:.2f} points and agreement with fp32 {percent(result.agreement)}: "
+                   f"{verdict} the budget of {max_drop:g} points and {percent(min_agreement)}{kept}")  # fmt: skip
     output.result(result.to_dict(), text=f"quantized: {run_path / result.path}")
     if not result.within_budget:
         raise typer.Exit(code=1)

@@ -25,6 +25,7 @@ from convforge.data.transforms import eval_transform
 from convforge.errors import UserError
 from convforge.explain.artifacts import drift_into_run
 from convforge.explain.inputs import dataset_inputs
+from convforge.files import atomic_folder
 from convforge.measure.paired import paired_speedup
 from convforge.models.fold import fold_model
 from convforge.runs import WEIGHTS_FILE, Run, check_free, check_replaceable, remove_run_folder
@@ -115,59 +116,48 @@ def prune_run(
                           latency_seconds=latency_seconds, timed_as=timed_as, confirm=False)  # fmt: skip
     config = {"data": data, "criterion": criterion, "target": target, "goal": goal, "round_to": round_to,
               "batches": list(batches), "finetune": finetune, "fold": fold}  # fmt: skip
-    run = None
-    evaluated = pruned = evaluate(child, test, spec.preprocessing)
-    if finetune:  # train writes the child run folder; then it becomes a pruning stage of the parent
-        run = distill_child(parent, spec, child, data, out, epochs=finetune, lr=finetune_lr, force=force)
-        child = load_model(run.path)[0]  # the best epoch, at the pruned widths
-        evaluated = evaluate(child, test, spec.preprocessing)
-    folding = None
-    if fold:
-        child, saved_spec, folding = _folded(child, spec, input_size)
-        evaluated = evaluate(child, test, spec.preprocessing)
-    # the figure reported everywhere (table, run.json, report): the saved child against its parent, timed
-    # interleaved; it decides whether a speed-up target was reached
-    parent_ms, child_ms, pruning.confirmed = paired_speedup(timed_as(model) if fold else model, child, input_size,
-                                                            batches, 2 * CONFIRM_BUDGET * latency_seconds)  # fmt: skip
-    latency = {"parent": parent_ms, "child": child_ms}
-    result = PruneRunResult(out, pruning, parent_top1, pruned.top1, evaluated.top1, latency, fold=folding)
-    if run is not None:
-        if fold:  # the trained child's weights become the folded ones; its checkpoint stays trainable
-            _save_checked(run.path, child, saved_spec, input_size)
-        run.update(stage="prune", parent=str(parent.path.resolve()), pruning=pruning.to_dict(), prune_config=config,
-                   fold=folding, test=evaluated.to_dict())  # fmt: skip
-    else:
-        run = _save_child(parent, child, saved_spec if fold else spec, out, config, force, input_size)
-        run.update(status="done", test=evaluated.to_dict(), pruning=pruning.to_dict(), fold=folding)
-    inputs = dataset_inputs(data, spec, split, DRIFT_IMAGES, torch.device("cpu"), strict)
-    result.drift = drift_into_run(run, model, child, spec, inputs, parent_name=parent.path.name)
-    run.append_metrics({"kind": "prune", **result.to_dict()})
+    # the child is made in a hidden folder beside `out` and renamed into place whole: a killed prune leaves
+    # no half-made child under the name the user chose (only a temporary the next run removes)
+    replace = (lambda: remove_run_folder(out)) if force or out.exists() else None  # --force, or an empty folder
+    with atomic_folder(out, replace=replace) as staging:
+        run = None
+        evaluated = pruned = evaluate(child, test, spec.preprocessing)
+        if finetune:  # train writes the child run folder; then it becomes a pruning stage of the parent
+            run = distill_child(parent, spec, child, data, staging, epochs=finetune, lr=finetune_lr)
+            child = load_model(run.path)[0]  # the best epoch, at the pruned widths
+            evaluated = evaluate(child, test, spec.preprocessing)
+        folding = None
+        if fold:
+            child, saved_spec, folding = _folded(child, spec, input_size)
+            evaluated = evaluate(child, test, spec.preprocessing)
+        # the figure reported everywhere (table, run.json, report): the saved child against its parent, timed
+        # interleaved; it decides whether a speed-up target was reached
+        parent_ms, child_ms, pruning.confirmed = paired_speedup(timed_as(model) if fold else model, child,
+                                                                input_size, batches,
+                                                                2 * CONFIRM_BUDGET * latency_seconds)  # fmt: skip
+        latency = {"parent": parent_ms, "child": child_ms}
+        result = PruneRunResult(out, pruning, parent_top1, pruned.top1, evaluated.top1, latency, fold=folding)
+        if run is None:
+            run = Run.create(staging, command="convforge prune", stage="prune", config=config, parent=parent.path)
+            run.update(status="done")
+        if fold or finetune == 0:  # a fine-tuned child's weights become the folded ones; its checkpoint stays
+            _save_checked(run.path, child, saved_spec if fold else spec, input_size)
+        run.update(name=out.name, stage="prune", parent=str(parent.path.resolve()), pruning=pruning.to_dict(),
+                   prune_config=config, fold=folding, test=evaluated.to_dict())  # fmt: skip
+        inputs = dataset_inputs(data, spec, split, DRIFT_IMAGES, torch.device("cpu"), strict)
+        result.drift = drift_into_run(run, model, child, spec, inputs, parent_name=parent.path.name)
+        run.append_metrics({"kind": "prune", **result.to_dict()})
     return result
 
 
 def distill_child(
     parent: Run, spec, child: torch.nn.Module, data: str, out: Path, *, epochs: int, lr: float | None = None,
-    force: bool = False,
 ) -> Run:
     """Train `child` (the parent's architecture, pruned; `spec` the parent's) on DATA for `epochs` with the
     parent's recipe at a tenth of its learning rate (or `lr`) and the parent as teacher; the trained run
     folder at `out`."""
     config = _finetune_config(parent, spec, data, epochs, lr)
-    return train(config, out, model=child, command="convforge prune", force=force).run
-
-
-def _save_child(parent: Run, child, spec, out: Path, config: dict, force: bool, input_size) -> Run:
-    """The pruned model as a new run folder, checked to load back identically; nothing is left behind
-    under `out` when that fails (and with --force the old run is replaced only now)."""
-    if force:
-        remove_run_folder(out)
-    run = Run.create(out, command="convforge prune", stage="prune", config=config, parent=parent.path)
-    try:
-        _save_checked(run.path, child, spec, input_size)
-    except BaseException:
-        remove_run_folder(run.path)  # nothing half-written under the name the user chose
-        raise
-    return run
+    return train(config, out, model=child, command="convforge prune").run
 
 
 def _save_checked(folder: Path, model: torch.nn.Module, spec, input_size) -> None:

@@ -5,7 +5,8 @@ ONNX Runtime does the quantization (`quant_pre_process`, then `quantize_static` 
 per-channel weights); convforge does what it leaves to the user: calibration images drawn seeded and
 stratified from the training split and preprocessed like evaluation, evaluation of fp32 and INT8
 through `convforge eval`'s own code path, latency of both, and the search when INT8 loses more top-1
-than `max_drop` points:
+than `max_drop` points or agrees with fp32 on fewer than `min_agreement` of the test images (a model near
+chance can keep its top-1 while changing a third of its answers):
 
 1. the other calibration methods (MinMax, Entropy, Percentile), keeping the best;
 2. then the layers whose quantization hurts most stay in fp32, a growing number at a time (1, 2, 4,
@@ -36,6 +37,7 @@ from convforge.device import cpu_has_vnni
 from convforge.errors import ConfigError
 
 METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_MIN_AGREEMENT = 0.95  # share of test images on which INT8 must predict what fp32 predicts
 SKIPPED_OP_TYPES = ("LayerNormalization", "InstanceNormalization")  # slower quantized, see the docstring
 
 
@@ -45,9 +47,15 @@ class Attempt:
     kept_fp32: list[str]
     int8_top1: float
     drop_points: float
+    agreement: float = 1.0  # share of test images with fp32's prediction
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def shortfall(self, max_drop: float, min_agreement: float) -> float:
+        """How far outside the budget, in points (top-1 lost beyond `max_drop`, or predictions changed
+        beyond 1 - `min_agreement`); 0 within it."""
+        return max(self.drop_points - max_drop, 100 * (min_agreement - self.agreement), 0.0)
 
 
 @dataclass
@@ -177,30 +185,35 @@ def layer_harm(prepared_onnx: bytes, int8_onnx: bytes, inputs: np.ndarray) -> di
 
 
 def search(prepared_onnx: bytes, batches: list[np.ndarray], score, *, method: str, max_drop: float,
-           fp32_top1: float, op_types: list[str] | None = None) -> QuantizeSearch:  # fmt: skip
-    """Quantize with `method`; while top-1 (from `score(bytes) -> float`) drops more than `max_drop`
-    points, try the other methods, then keep the most harmful layers in fp32, 1, 2, 4, ... of them."""
+           fp32_top1: float, op_types: list[str] | None = None,
+           min_agreement: float = DEFAULT_MIN_AGREEMENT) -> QuantizeSearch:  # fmt: skip
+    """Quantize with `method`; while the budget does not hold (top-1 from `score(bytes) -> (top1, agreement
+    with fp32)` drops more than `max_drop` points, or agreement is below `min_agreement`), try the other
+    methods, then keep the most harmful layers in fp32, 1, 2, 4, ... of them."""
     attempts: list[Attempt] = []
 
     def attempt(name: str, kept: list[str]) -> tuple[Attempt, bytes]:
         quantized = quantize_bytes(prepared_onnx, batches, name, kept_fp32=kept, op_types=op_types)
-        top1 = score(quantized)
-        attempts.append(Attempt(name, list(kept), top1, (fp32_top1 - top1) * 100))
+        top1, agreement = score(quantized)
+        attempts.append(Attempt(name, list(kept), top1, (fp32_top1 - top1) * 100, agreement))
         return attempts[-1], quantized
+
+    def outside(tried: Attempt) -> float:
+        return tried.shortfall(max_drop, min_agreement)
 
     best, best_bytes = attempt(method, [])
     for other in (m for m in METHODS if m != method):
-        if best.drop_points <= max_drop:
+        if outside(best) == 0:
             break
         tried, data = attempt(other, [])
-        if tried.drop_points < best.drop_points:
+        if outside(tried) < outside(best):
             best, best_bytes = tried, data
-    if best.drop_points > max_drop:
+    if outside(best) > 0:
         ranking = list(layer_harm(prepared_onnx, best_bytes, batches[0]))
         count = 1
-        while best.drop_points > max_drop and count <= len(ranking):
+        while outside(best) > 0 and count <= len(ranking):
             tried, data = attempt(best.method, ranking[:count])
-            if tried.drop_points < best.drop_points or tried.drop_points <= max_drop:
+            if outside(tried) < outside(best) or outside(tried) == 0:
                 best, best_bytes = tried, data
             count *= 2
-    return QuantizeSearch(best.method, best.kept_fp32, best_bytes, attempts, best.drop_points <= max_drop)
+    return QuantizeSearch(best.method, best.kept_fp32, best_bytes, attempts, outside(best) == 0)

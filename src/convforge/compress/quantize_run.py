@@ -10,7 +10,15 @@ from typing import Any
 import numpy as np
 
 from convforge.checkpoint import read_verified_spec
-from convforge.compress.quantize import METHODS, Attempt, calibration_batches, check_method, prepare, search
+from convforge.compress.quantize import (
+    DEFAULT_MIN_AGREEMENT,
+    METHODS,
+    Attempt,
+    calibration_batches,
+    check_method,
+    prepare,
+    search,
+)
 from convforge.data.sample import align_classes, read_pixels, stratified_positions
 from convforge.data.spec import load_dataset
 from convforge.deploy.backends import OnnxModule
@@ -34,6 +42,7 @@ class QuantizeResult:
     int8_top1: float
     agreement: float  # share of test images where fp32 and INT8 predict the same class
     max_drop: float
+    min_agreement: float
     within_budget: bool
     test_images: int
     latency_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # backend -> batch -> p50
@@ -56,6 +65,7 @@ def quantize_run(
     calibration: int = 512,
     method: str = "minmax",
     max_drop: float = 1.0,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
     split: str | None = None,
     seed: int = 0,
     op_types: list[str] | None = None,
@@ -69,6 +79,8 @@ def quantize_run(
     check_method(method)
     if max_drop < 0:
         raise ConfigError(f"--max-drop is the most top-1 points INT8 may lose; it cannot be negative ({max_drop})")
+    if not 0 <= min_agreement <= 1:
+        raise ConfigError(f"--min-agreement is a share of the test images, in [0, 1]; got {min_agreement}")
     if calibration < 1:
         raise ConfigError(f"--calibration must be at least 1 image, got {calibration}")
     run = Run.open(run_path)
@@ -99,8 +111,12 @@ def quantize_run(
         return evaluate(OnnxModule(open_session(onnx_bytes, threads)), test, spec.preprocessing, batch_size=64)
 
     fp32 = evaluated(fp32_bytes)
-    found = search(prepare(fp32_bytes), batches, lambda b: evaluated(b).top1, method=method, max_drop=max_drop,
-                   fp32_top1=fp32.top1, op_types=op_types)  # fmt: skip
+    def scored(onnx_bytes: bytes) -> tuple[float, float]:
+        result = evaluated(onnx_bytes)
+        return result.top1, float(np.mean(result.predictions == fp32.predictions))
+
+    found = search(prepare(fp32_bytes), batches, scored, method=method, max_drop=max_drop, fp32_top1=fp32.top1,
+                   op_types=op_types, min_agreement=min_agreement)  # fmt: skip
     int8 = evaluated(found.model_bytes)
     int8_bytes = _with_metadata(found.model_bytes, fp32_metadata)
     atomic_write_bytes(target, int8_bytes)
@@ -108,7 +124,7 @@ def quantize_run(
     result = QuantizeResult(
         path=run.relative(target), size_bytes=len(int8_bytes), fp32_size_bytes=len(fp32_bytes), method=found.method,
         calibration_images=len(positions), kept_fp32=found.kept_fp32, fp32_top1=fp32.top1, int8_top1=int8.top1,
-        agreement=float(np.mean(fp32.predictions == int8.predictions)), max_drop=max_drop,
+        agreement=float(np.mean(fp32.predictions == int8.predictions)), max_drop=max_drop, min_agreement=min_agreement,
         within_budget=found.within_budget, test_images=int8.images, attempts=found.attempts,
     )  # fmt: skip
     # the same timing as `convforge bench`, on the two files now in the run

@@ -10,6 +10,7 @@ run killed while decoding never leaves a half-written entry behind. `.npy` files
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -42,7 +43,12 @@ class CacheEntryWriter:
         self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
 
     def new_array(self, name: str, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.memmap:
-        return np.lib.format.open_memmap(self.tmp_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        """A memory-mapped array whose disk blocks are reserved first: writing pages of a sparse file on a
+        full disk kills the process with SIGBUS, a reservation that fails is an OSError (ENOSPC) instead."""
+        path = self.tmp_dir / f"{name}.npy"
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        reserve_blocks(path)
+        return array
 
     def save_array(self, name: str, array: np.ndarray) -> None:
         np.save(self.tmp_dir / f"{name}.npy", array, allow_pickle=False)
@@ -58,6 +64,21 @@ class CacheEntryWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def reserve_blocks(path: Path) -> None:
+    """Allocate every block of `path` now (posix_fallocate), where the system can."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system that cannot: as before
+            return
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        os.close(fd)
 
 
 def open_entry(entry_dir: Path) -> tuple[dict[str, Any], Callable[[str], np.ndarray | None]] | None:

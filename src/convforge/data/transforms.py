@@ -36,8 +36,20 @@ class Preprocessing:
     channels: int = 3
 
     def __post_init__(self) -> None:
-        self.input_size = tuple(int(v) for v in self.input_size)
+        """Checked as it is built, since it is read from files (model.json, ONNX metadata): ValueError
+        naming the field, never a size or a statistic that fails later or divides by zero."""
+        size = tuple(self.input_size)
+        if len(size) != 2 or not all(isinstance(v, (int, float)) and float(v).is_integer() and 8 <= v <= 8192
+                                     for v in size):  # fmt: skip
+            raise ValueError(f"input_size must be [height, width] in pixels (8 to 8192), got {self.input_size!r}")
+        self.input_size = tuple(int(v) for v in size)
+        if not isinstance(self.channels, int) or not 1 <= self.channels <= 64:
+            raise ValueError(f"channels must be a whole number from 1 to 64, got {self.channels!r}")
         self.mean, self.std = _fit_channels(self.mean, self.channels), _fit_channels(self.std, self.channels)
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError(f"mean must be finite and std finite and positive, got {self.mean} and {self.std}")
+        if not (isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 2):  # timm has up to 1.15
+            raise ValueError(f"crop_pct must be in (0, 2], got {self.crop_pct!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -49,6 +61,8 @@ class Preprocessing:
 
 def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
     """ImageNet statistics are per RGB channel; a grayscale model uses their average."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or not len(values):
+        raise ValueError(f"mean and std must be lists of numbers, got {values!r}")
     values = tuple(float(v) for v in values)
     if len(values) == channels:
         return values

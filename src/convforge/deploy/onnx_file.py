@@ -125,16 +125,42 @@ def _metadata(proto: Any) -> dict[str, str]:
 
 def _input_dims(proto: Any) -> list[int | None]:
     """The first input's dimensions, None where symbolic (the batch axis)."""
-    return [d.dim_value or None for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    return _dims(proto.graph.input[0])
+
+
+def _dims(value: Any) -> list[int | None]:
+    return [d.dim_value or None for d in value.type.tensor_type.shape.dim]
+
+
+def _described(path: str | os.PathLike, proto: Any, metadata: dict[str, str]) -> ModelSpec | None:
+    """The convforge description of a file (None without one), checked against the graph it describes:
+    an image input of its channels and size, and an output of one logit per class. A file that fails is
+    refused here, before a server answers 500 to every request or an evaluation runs on garbage."""
+    if not proto.graph.input or not proto.graph.output:
+        raise CheckpointError(f"{path} holds no model graph (no input or no output): an empty or damaged file")
+    if "convforge" not in metadata:
+        return None
+    try:
+        spec = ModelSpec.from_dict(json.loads(metadata["convforge"]))
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: its convforge metadata is not a model description ({exc})") from None
+    dims, outputs = _input_dims(proto), _dims(proto.graph.output[0])
+    expected = [None, spec.in_chans, *spec.preprocessing.input_size]
+    if len(dims) != 4 or any(d is not None and e is not None and d != e for d, e in zip(dims, expected, strict=True)):
+        raise CheckpointError(f"{path} takes input of shape {dims} but its metadata describes "
+                              f"{expected[1:]} (channels, height, width)")  # fmt: skip
+    if len(outputs) != 2 or (outputs[1] is not None and outputs[1] != len(spec.classes)):
+        raise CheckpointError(f"{path} gives outputs of shape {outputs} but its metadata names "
+                              f"{len(spec.classes)} classes")  # fmt: skip
+    return spec
 
 
 def onnx_input_size(path: str | os.PathLike, side: int | None = None) -> tuple[int, int, int]:
     """(channels, height, width) an ONNX file takes: from convforge metadata, else its static input
     shape; `side` overrides height and width."""
     proto = read_onnx(path)
-    metadata = checked_metadata(path, _metadata(proto))
-    if "convforge" in metadata:
-        spec = ModelSpec.from_dict(json.loads(metadata["convforge"]))
+    spec = _described(path, proto, checked_metadata(path, _metadata(proto)))
+    if spec is not None:
         channels, (height, width) = spec.in_chans, spec.preprocessing.input_size
     else:
         dims = _input_dims(proto)
@@ -155,9 +181,9 @@ def spec_from_onnx(
     """The model description an ONNX file carries; for a file without convforge metadata, the
     caller's `classes`, `mean`, `std` (and `input_size`, else the file's static input shape)."""
     proto = read_onnx(path)
-    metadata = checked_metadata(path, _metadata(proto))
-    if "convforge" in metadata:
-        return ModelSpec.from_dict(json.loads(metadata["convforge"]))
+    spec = _described(path, proto, checked_metadata(path, _metadata(proto)))
+    if spec is not None:
+        return spec
     dims = _input_dims(proto)
     missing = [name for name, value in (("--classes", classes), ("--mean", mean), ("--std", std)) if value is None]
     static_size = tuple(dims[2:4]) if len(dims) == 4 and all(dims[2:4]) else None
@@ -169,7 +195,13 @@ def spec_from_onnx(
             "to run it anyway, or export it with `convforge export RUN`"
         )
     channels = dims[1] if len(dims) == 4 and dims[1] else len(mean)
-    preprocessing = Preprocessing(tuple(input_size or static_size), tuple(mean), tuple(std), channels=channels)
+    try:
+        preprocessing = Preprocessing(tuple(input_size or static_size), tuple(mean), tuple(std), channels=channels)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    outputs = _dims(proto.graph.output[0])
+    if len(outputs) == 2 and outputs[1] is not None and outputs[1] != len(classes):
+        raise UserError(f"{path} gives {outputs[1]} outputs per image but --classes names {len(classes)}")
     return ModelSpec("onnx", len(classes), channels, list(classes), preprocessing)
 
 

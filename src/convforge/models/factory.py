@@ -102,6 +102,18 @@ def load_weights(model: nn.Module, path: str | os.PathLike, filter_fn: Callable 
     model.load_state_dict(state, strict=True)
 
 
+def renamed_for(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with its keys as `model.load_state_dict` would see them after the model's own load pre-hooks
+    (a block that renamed its tensors maps the old names: UniRepLKNet's `dil_conv_k*` ->
+    `dilated_branches.*`), so a fit check and a resize see the names the load will use. The hooks run
+    again on load and find nothing left to rename."""
+    state = dict(state)
+    for name, module in model.named_modules():
+        for hook in module._load_state_dict_pre_hooks.values():
+            hook(state, f"{name}." if name else "", {}, True, [], [], [])
+    return state
+
+
 def check_state_dict_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Raise a CheckpointError naming missing, unexpected and wrongly shaped keys."""
     expected = model.state_dict()

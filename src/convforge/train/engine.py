@@ -103,6 +103,8 @@ def resume(
         raise RunFolderError(f"{run.path} is a {info.get('stage')} run; only training runs can be resumed")
     if info.get("status") == "finished":
         raise UserError(f"{run.path} finished all its epochs already; nothing to resume")
+    if not isinstance(info.get("config"), dict):
+        raise RunFolderError(f"{run.path}/run.json records no training config to resume with; the file was edited")
     config = TrainConfig.from_dict(info["config"])
     if not run.last_checkpoint.is_file():
         if info.get("model_given"):
