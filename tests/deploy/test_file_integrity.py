@@ -107,3 +107,18 @@ def test_an_empty_onnx_file_is_one_message(tmp_path):
     result = invoke("predict", tmp_path / "empty.onnx", tmp_path / "none.png")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "empty or damaged" in " ".join(result.output.split()) or "not an ONNX file" in result.output
+
+
+def test_serve_runs_an_onnx_file_without_being_told_its_backend(exported, monkeypatch):
+    """An .onnx file can only run in ONNX Runtime: `serve FILE.onnx` takes that backend by itself (it once
+    needed --backend ort, and its message said to leave --backend out)."""
+    from convforge.deploy import launch as launch_module
+    from convforge.deploy.load import free_port
+    from convforge.threads import threads_kept
+
+    started = {}
+    monkeypatch.setattr(launch_module, "run", lambda launch, app=None: started.update(backend=launch.backend))
+    with threads_kept():  # build_app sets the worker's thread count process-wide
+        result = invoke("serve", exported / "artifacts" / "model.onnx", "--port", str(free_port()))
+    assert result.exit_code == 0, result.output
+    assert started == {"backend": "ort"} and "with ort" in " ".join(result.output.split())

@@ -228,3 +228,39 @@ def test_the_load_generator_stops_by_itself_and_counts_what_got_no_answer():
                       concurrency=2, max_seconds=10)  # fmt: skip
     assert result.statuses == {"no answer": 5} and result.ok == 0 and result.latency_ms == {}
     assert json.loads(json.dumps(result.to_dict()))["requests"] == 5
+
+
+def test_slow_and_vanishing_clients_hold_no_slot_for_ever_and_leave_no_traceback(tiny_run, tmp_path):
+    """A body that trickles in gets 408 at the request deadline; bodies being read hold queue slots, so at
+    most --max-queue of them are in memory at once (the next is refused with 503 before its body is read);
+    a client that disconnects mid-body is counted as 499, not as a server error, with no traceback."""
+
+    def slow_body(port: int) -> socket.socket:
+        connection = socket.create_connection(("127.0.0.1", port), timeout=20)
+        connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 1000\r\n\r\n{\"images\": [")  # fmt: skip
+        return connection
+
+    def answer(connection: socket.socket) -> int:
+        return int(connection.recv(4096).split(b" ", 2)[1])
+
+    args = ["--timeout-ms", "1500", "--max-delay-ms", "5", "--max-queue", "2", "--max-images", "2"]
+    with serve_process(tiny_run.run.path, *args, log=tmp_path / "log.txt") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        first, second = slow_body(port), slow_body(port)
+        time.sleep(0.3)
+        third = slow_body(port)
+        assert answer(third) == 503  # two bodies in the making fill the queue of 2
+        started = time.monotonic()
+        assert answer(first) == 408 and answer(second) == 408
+        assert time.monotonic() - started < 10
+        gone = slow_body(port)
+        time.sleep(0.3)
+        gone.close()  # mid-body
+        time.sleep(0.5)
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        for connection in (first, second, third):
+            connection.close()
+    assert metric(text, "convforge_requests_total", path="/v1/predict", status="499") == 1
+    assert metric(text, "convforge_requests_total", path="/v1/predict", status="500") == 0
+    assert "Traceback" not in server.output()

@@ -29,10 +29,10 @@ def serve_command(
         Path, typer.Argument(metavar="RUN", help="Run folder with a trained model, or an .onnx file.")
     ],
     backend: Annotated[
-        str,
-        typer.Option(help="torch (the weights), torch-bf16, ort (artifacts/model.onnx) or ort-int8 "
-                          "(artifacts/model.int8.onnx)."),  # fmt: skip
-    ] = "torch",
+        str | None,
+        typer.Option(help="torch (the weights; the default for a run), torch-bf16, ort (artifacts/model.onnx) or "
+                          "ort-int8 (artifacts/model.int8.onnx). An .onnx file runs in ONNX Runtime."),  # fmt: skip
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     allow_remote: Annotated[
@@ -106,6 +106,8 @@ def serve_command(
     from convforge.deploy.launch import Launch, build_app, check_address, check_options, run
     from convforge.deploy.server import ServeSettings
 
+    if backend is None:  # the natural one: a run's weights, or the ONNX Runtime an .onnx file needs
+        backend = "ort" if source.suffix == ".onnx" else "torch"
     names = parse_backends(backend)
     if len(names) != 1:
         raise ConfigError("--backend takes one backend; a server runs one model")

@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
@@ -76,11 +76,14 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise too_large(f"{int(declared)} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:  # a body without a length, or longer than it said: stop reading here
-            raise too_large(f"over {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:  # a body without a length, or longer than it said: stop reading here
+                raise too_large(f"over {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody to answer: counted as 499 (nginx's "client closed"), not as a 500
+        raise HttpError(499, "the client closed the connection before its body arrived") from None
     return b"".join(chunks)
 
 

@@ -152,8 +152,19 @@ def create_app(model: ServingModel, settings: ServeSettings) -> FastAPI:
                             retry_after_seconds=1)  # fmt: skip
         admit(0)  # full already: refuse before reading the body
         query = query_top_k(request)
-        parsed = await read_predict_request(request, max_bytes=settings.max_request_bytes,
-                                            max_images=settings.max_images)  # fmt: skip
+        # a body being read holds a slot of the queue: the bodies in memory at once are bounded by --max-queue,
+        # not by the connections; and it must arrive within the request's deadline (a slow client cannot
+        # hold its slot for ever)
+        state["in_flight"] += 1
+        try:
+            parsed = await asyncio.wait_for(read_predict_request(request, max_bytes=settings.max_request_bytes,
+                                                                 max_images=settings.max_images),
+                                            settings.timeout_ms / 1000)  # fmt: skip
+        except asyncio.TimeoutError:
+            raise HttpError(408, f"the request body did not arrive within the deadline of {settings.timeout_ms:g} ms",
+                            limit_ms=settings.timeout_ms) from None  # fmt: skip
+        finally:
+            state["in_flight"] -= 1
         count = len(parsed.images)
         admit(count)
         state["in_flight"] += count

@@ -68,7 +68,8 @@ def open_serving_model(
     try:
         if path.suffix == ".onnx":
             if backend not in ("ort", file_backend(path)):
-                raise ConfigError(f"{path} is an ONNX file: it runs in ONNX Runtime only (leave out --backend)")
+                raise ConfigError(f"{path} is an ONNX file: it runs in ONNX Runtime only (leave out --backend, "
+                                  "or give --backend ort)")  # fmt: skip
             spec = spec_from_onnx(path, **_onnx_keywords(overrides or {}))
             runner = ort_backend(path, name=file_backend(path), threads=threads, spinning=False)
             return ServingModel(path.name, spec, runner, {"file": str(path.resolve())})
