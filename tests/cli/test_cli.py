@@ -239,3 +239,8 @@ def test_a_full_disk_is_a_message_not_a_crash(tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert "the disk is full" in text and ".npy" in text and "Traceback" not in text
+
+
+def test_help_texts_keep_their_brackets():
+    """The help is rich markup: an unescaped `[ray]` vanished from `pip install 'convforge[ray]'`."""
+    assert "pip install 'convforge[ray]'" in " ".join(invoke("serve", "--help").output.split())

@@ -60,13 +60,20 @@ def test_help_works_without_the_optional_extras(args):
 
 
 def test_the_package_face_is_lazy_and_complete():
-    """`import convforge` imports no torch; every exported name still resolves, and `convforge.train`
-    stays the function even after the `convforge.train` subpackage was imported."""
+    """`import convforge` imports no torch; every exported name still resolves; a name shared by a function
+    and a submodule works as both, in any order: `convforge.train(...)` calls the engine,
+    `import convforge.train.engine as e` and `import convforge.train as t` give modules (the function once
+    hid the subpackage), and `convforge.train.evaluate` is callable as the function and holds its module's
+    names. The zoo registers in timm's registry once convforge.models is imported, as the README says."""
     code = (
-        "import sys, convforge; assert 'torch' not in sys.modules; "
+        "import sys, inspect, convforge; assert 'torch' not in sys.modules; "
         "[getattr(convforge, name) for name in convforge.__all__]; "
-        "import convforge.train.engine; from convforge.train.engine import train as engine_train; "
-        "from convforge import train; assert train is engine_train and convforge.train is engine_train; "
+        "import convforge.train.engine as engine; import convforge.train as package; "
+        "from convforge import train; assert train is package and train.__wrapped__ is engine.train; "
+        "assert 'config' in inspect.signature(train).parameters and package.TrainConfig is convforge.TrainConfig; "
+        "import convforge.train.evaluate as module; from convforge.train import evaluate; "
+        "assert evaluate is module and callable(module) and module.calibration and convforge.evaluate is "
+        "module.evaluate; import timm, convforge.models; timm.create_model('unireplknet_a', num_classes=2); "
         "print('ok')"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -131,6 +131,7 @@ def test_a_pruned_child_run_loads_evaluates_and_exports(tiny_run, tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["parent"] == str(tiny_run.run.path.resolve()) and info["stage"] == "prune"
     assert info["pruning"]["criterion"] == "l2" and info["test"]["top1"] == result.top1
+    assert info["prune_seconds"] > 0 and info["command"] == "python-api" and info["name"] == "child"
     model, spec = load_model(out)  # rebuilt at the recorded widths, no pickle
     assert sum(p.numel() for p in model.parameters()) == result.pruning.after.params
     evaluated = invoke("eval", out, TINY_SHAPES, "--json", "-q")

@@ -31,6 +31,10 @@ def test_a_trained_run_exports_with_metadata_parity_and_a_dynamic_batch(tiny_run
     weights = json.loads((tiny_run_copy / "model.json").read_text())["weights"]
     assert metadata["source_weights_sha256"] == weights["sha256"]
     assert metadata["run"] == "run" and metadata["channel_order"] == "RGB"
+    # what a consumer without convforge must do to an image, and what was done to the graph
+    assert f"{spec.preprocessing.interpolation} resize of the shorter side to 32 px, then a centre crop of 32x32" \
+        in metadata["resize"]
+    assert metadata["pixel_scale"].startswith("uint8 pixels / 255") and json.loads(metadata["batchnorm_folded"])
     session = open_session(path)
     for batch in (1, 5):  # the batch axis is dynamic
         x = torch.randn(batch, 3, *spec.preprocessing.input_size, generator=torch.Generator().manual_seed(batch))

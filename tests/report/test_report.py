@@ -99,3 +99,18 @@ def test_a_report_embeds_only_files_inside_the_runs_artifacts(tmp_path):
     assert sections.robustness(run)["charts"] == {}
     assert compression._drift(run)["uri"] is None
     assert run.recorded_artifact("artifacts/explain/gradcam.png") == inside.resolve()
+
+
+def test_the_evaluation_section_follows_the_summarys_split_not_the_last_eval(tmp_path):
+    """An `eval --split val` after training once replaced the test figures in Evaluation while the
+    Summary kept the test top-1: the section shows the latest record of the Summary's split."""
+    from convforge.report import sections
+    from convforge.runs import Run
+
+    run = Run.create(tmp_path / "run", command="c", stage="train", config={})
+    record = {"kind": "eval", "classes": ["a", "b"], "per_class": {"a": 1.0, "b": 0.5}, "calibration": None}
+    run.append_metrics({**record, "split": "test", "top1": 0.75, "confusion": [[2, 0], [1, 1]]})
+    run.append_metrics({**record, "split": "val", "top1": 0.5, "confusion": [[1, 1], [1, 1]]})
+    run.update(test={"split": "test", "top1": 0.75})
+    shown = sections.evaluation(run)
+    assert shown["latest"]["split"] == "test" and shown["latest"]["top1"] == 0.75 and len(shown["history"]) == 2

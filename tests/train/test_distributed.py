@@ -224,3 +224,26 @@ def test_one_machine_rendezvous_keeps_to_loopback_and_holds_no_pickles(monkeypat
     assert seen["nproc_per_node"] == "2" and seen["training_script"] == "convforge"
     if "lo" in [name for _, name in socket.if_nameindex()]:
         assert os.environ["GLOO_SOCKET_IFNAME"] == "lo"
+
+
+def test_a_distributed_run_killed_before_its_first_checkpoint_resumes_on_all_its_ranks(tmp_path):
+    """With no checkpoint a resume starts the run afresh; on two processes each rank once started it alone
+    (as a single process, without joining the others). It must join: run.json says two processes."""
+    out = tmp_path / "early"
+    command = [sys.executable, "-m", "convforge", "train", DATA, *EXACT_MODEL, *NO_RANDOM_DRAWS, "--epochs", "2",
+               "--batch-size", "8", "--nproc", "2", "--out", str(out)]  # fmt: skip
+    launcher = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "run.json").is_file() or "data" not in json.loads((out / "run.json").read_text()):
+        assert launcher.poll() is None and time.time() < deadline, "training ended before it started"
+        time.sleep(0.05)  # the run is set up and its first epoch under way: no checkpoint yet
+    victim = _rank_pid(launcher.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    launcher.communicate(timeout=120)
+    assert launcher.returncode == 1 and not (out / "checkpoints" / "last.safetensors").exists()
+
+    _train("--resume", out, "--nproc", "2")
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["distributed"]["processes"] == 2
+    assert [r["epoch"] for r in _records(out, "epoch")] == [1, 2]

@@ -235,3 +235,25 @@ def test_checkpoint_every_reads_durations_and_refuses_nonsense():
         parse_duration("soon")
     result = invoke("train", "shapes", "--checkpoint-every", "soon")
     assert result.exit_code == 2 and "--checkpoint-every: not a duration: 'soon'" in result.output
+
+
+def test_a_ctrl_c_in_the_final_evaluation_is_recorded_and_resume_finishes_it(tmp_path, monkeypatch):
+    """The final test evaluation is part of the run: interrupted there, run.json says "interrupted" (it
+    once stayed "running"), and a resume, with every epoch done, evaluates and finishes."""
+    from convforge.train import engine, resume
+
+    out = tmp_path / "late"
+    evaluate_once = engine._Trainer._final_evaluation
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine._Trainer, "_final_evaluation", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(epochs=1), out)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(engine._Trainer, "_final_evaluation", evaluate_once)
+    result = resume(out)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["test"]["images"] > 0 and result.test is not None
+    assert [r["epoch"] for r in result.run.metrics("epoch")] == [1]  # no epoch trained again

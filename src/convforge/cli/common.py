@@ -69,6 +69,7 @@ class Output:
         # soft_wrap: paths and commands stay on one line, whatever the terminal width.
         self.out = console(stderr=False)
         self.err = console(stderr=True)
+        self._held: list[Table] = []  # --quiet: tables wait to see whether they are the result
         _show_library_log(self.err, enabled=not self.quiet)
 
     def message(self, text: str) -> None:
@@ -76,17 +77,26 @@ class Output:
             self.err.print(text)
 
     def table(self, table: Table) -> None:
-        if not self.as_json and not self.silent:
+        if self.as_json or self.silent:
+            return
+        if self.quiet:
+            self._held.append(table)
+        else:
             self.out.print(table)
 
     def result(self, data: Any, text: str | None = None) -> None:
-        """The command's final result: JSON in --json mode, else `text` when given."""
+        """The command's final result: JSON in --json mode, else `text` when given. With --quiet only this
+        is printed; a command whose result has no text line (bench, predict) prints its tables as the result."""
         if self.silent:
             return
         if self.as_json:
             sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
         elif text:
             self.out.print(text)
+        else:
+            for table in self._held:
+                self.out.print(table)
+        self._held.clear()
 
 
 def console(stderr: bool) -> Console:

@@ -116,7 +116,8 @@ def eval_command(
                 **result.to_dict(),
             }
         )
-        if not is_onnx:
+        headline = (run.info.get("test") or {}).get("split", imageset.name)
+        if not is_onnx and imageset.name == headline:  # the report's samples stay those of its test figure
             save_prediction_samples(run, imageset, result)
     output.table(eval_table(result, title=f"{run_path} on {data}"))
     output.result(

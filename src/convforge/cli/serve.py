@@ -92,7 +92,7 @@ def serve_command(
 
     With --ray the same predictor runs as a Ray Serve application: --workers replicas, batched by Ray
     Serve's @serve.batch, on a local Ray instance or the cluster at --ray-address (pip install
-    'convforge[ray]'). The API is the same; metrics are Ray's.
+    'convforge\\[ray]'). The API is the same; metrics are Ray's.
 
     Example: convforge serve runs/demo --backend ort-int8 --port 8000
     """

@@ -4,6 +4,7 @@ timed, and saved as a child run folder whose lineage names its parent."""
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from convforge.runs import WEIGHTS_FILE, Run, check_free, check_replaceable, rem
 from convforge.train.config import TrainConfig
 from convforge.train.engine import train
 from convforge.train.evaluate import evaluate
+from convforge.train.result import invoked_command
 
 LATENCY_BATCHES = (1, 64)
 REFERENCE_IMAGES = 128  # training images the taylor and lrp criteria score channels on
@@ -80,11 +82,15 @@ def prune_run(
     strict: bool = False,
     force: bool = False,
     latency_seconds: float = 0.5,
+    command: str | None = None,
 ) -> PruneRunResult:
     """Prune RUN's model to a share of params or MACs, or to a measured speed-up at `batches`; with
     `finetune` epochs, retrain it on DATA with RUN as its teacher (distillation, train/distill.py); evaluate
     parent and child on DATA's test split, time both, write CHILD. With `fold`, the child is saved with its
-    BatchNorms folded and its blocks re-parameterized (models/fold.py), checked to compute the same logits."""
+    BatchNorms folded and its blocks re-parameterized (models/fold.py), checked to compute the same logits.
+    `command` is what run.json records (default: the command line that started this process)."""
+    command = command or invoked_command()
+    started = time.perf_counter()
     check_criterion(criterion)
     target, goal = check_target(params, macs, speedup)
     if round_to is not None and round_to < 1:
@@ -123,7 +129,7 @@ def prune_run(
         run = None
         evaluated = pruned = evaluate(child, test, spec.preprocessing)
         if finetune:  # train writes the child run folder; then it becomes a pruning stage of the parent
-            run = distill_child(parent, spec, child, data, staging, epochs=finetune, lr=finetune_lr)
+            run = distill_child(parent, spec, child, data, staging, epochs=finetune, lr=finetune_lr, command=command)
             child = load_model(run.path)[0]  # the best epoch, at the pruned widths
             evaluated = evaluate(child, test, spec.preprocessing)
         folding = None
@@ -138,26 +144,29 @@ def prune_run(
         latency = {"parent": parent_ms, "child": child_ms}
         result = PruneRunResult(out, pruning, parent_top1, pruned.top1, evaluated.top1, latency, fold=folding)
         if run is None:
-            run = Run.create(staging, command="convforge prune", stage="prune", config=config, parent=parent.path)
+            run = Run.create(staging, command=command, stage="prune", config=config, parent=parent.path)
             run.update(status="done")
         if fold or finetune == 0:  # a fine-tuned child's weights become the folded ones; its checkpoint stays
             _save_checked(run.path, child, saved_spec if fold else spec, input_size)
-        run.update(name=out.name, stage="prune", parent=str(parent.path.resolve()), pruning=pruning.to_dict(),
-                   prune_config=config, fold=folding, test=evaluated.to_dict())  # fmt: skip
         inputs = dataset_inputs(data, spec, split, DRIFT_IMAGES, torch.device("cpu"), strict)
         result.drift = drift_into_run(run, model, child, spec, inputs, parent_name=parent.path.name)
         run.append_metrics({"kind": "prune", **result.to_dict()})
+        # the whole prune's time (search, fine-tune, measurements), beside the fine-tune's own train_seconds
+        run.update(name=out.name, stage="prune", parent=str(parent.path.resolve()), pruning=pruning.to_dict(),
+                   prune_config=config, fold=folding, test=evaluated.to_dict(), command=command,
+                   prune_seconds=round(time.perf_counter() - started, 2))  # fmt: skip
     return result
 
 
 def distill_child(
     parent: Run, spec, child: torch.nn.Module, data: str, out: Path, *, epochs: int, lr: float | None = None,
+    command: str = "convforge prune",
 ) -> Run:
     """Train `child` (the parent's architecture, pruned; `spec` the parent's) on DATA for `epochs` with the
     parent's recipe at a tenth of its learning rate (or `lr`) and the parent as teacher; the trained run
     folder at `out`."""
     config = _finetune_config(parent, spec, data, epochs, lr)
-    return train(config, out, model=child, command="convforge prune").run
+    return train(config, out, model=child, command=command).run
 
 
 def _save_checked(folder: Path, model: torch.nn.Module, spec, input_size) -> None:

@@ -125,6 +125,18 @@ def eval_transform(images: torch.Tensor, preprocessing: Preprocessing) -> torch.
     return x[:, :, top : top + out_h, left : left + out_w].contiguous(memory_format=torch.channels_last)
 
 
+PIXEL_SCALE = "uint8 pixels / 255, then (x - mean) / std per channel"
+
+
+def resize_rule(preprocessing: Preprocessing) -> str:
+    """`eval_transform`'s resize in words, for consumers without convforge (ONNX metadata, the server)."""
+    out_h, out_w = preprocessing.input_size
+    scale_size = math.floor(max(out_h, out_w) / preprocessing.crop_pct)
+    return (f"{preprocessing.interpolation} resize of the shorter side to {scale_size} px, then a centre crop of "
+            f"{out_h}x{out_w}" + (f" (an image of {out_h}x{out_w} is used as it is)" if preprocessing.crop_pct >= 1
+                                  else ""))  # fmt: skip
+
+
 def pixel_transform(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """`eval_transform` without the normalisation: model-sized float images in [0, 1], the space attacks
     and corruptions work in (the model's mean and std are applied after them)."""

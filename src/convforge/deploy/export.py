@@ -238,7 +238,7 @@ def export_model(
     divergence finder (deploy/divergence.py) compares every module's output on a few of the images."""
     started = time.perf_counter()
     deployed = deployable(model)
-    metadata = metadata_for(spec, run_name=run_name, weights_sha256=weights_sha256)
+    metadata = metadata_for(spec, run_name=run_name, weights_sha256=weights_sha256, batchnorm_folded=fold)
     data, used_opset = export_onnx_bytes(deployed, spec, opset=opset, fold=fold, metadata=metadata)
     parity = check_parity(deployed, data, inputs, atol=atol, min_agreement=min_agreement)
     exporter = f"torch.onnx.export(dynamo=True), torch {torch.__version__}"

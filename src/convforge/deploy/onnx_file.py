@@ -3,7 +3,9 @@ and ONNX Runtime sessions with an explicit thread count.
 
 The metadata (`metadata_props`, all strings) says how to feed the model and read its output:
 `classes` (JSON list, in output order), `mean`, `std` (JSON lists, on [0, 1] pixels), `input_size`
-(JSON [height, width]), `channels`, `channel_order` ("RGB" or "L"), `interpolation`, `crop_pct`, and
+(JSON [height, width]), `channels`, `channel_order` ("RGB" or "L"), `interpolation`, `crop_pct`, `resize`
+and `pixel_scale` (the rule in words: a consumer who guesses it loses accuracy on resized photos),
+`batchnorm_folded` (the graph's BatchNorms folded into its convolutions), and
 where it came from: `convforge_version`, `architecture`, `source_weights_sha256`, `run`. `convforge`
 holds the whole model description as JSON, which is what convforge itself reads back. `metadata_sha256`
 is a SHA-256 over all of these: a copy whose class list or preprocessing was edited is refused instead of
@@ -24,17 +26,23 @@ from convforge.checkpoint import ModelSpec
 from convforge.data.transforms import Preprocessing
 from convforge.errors import CheckpointError, UserError
 
-CONSUMER_KEYS = ("classes", "mean", "std", "input_size", "channels", "channel_order", "interpolation", "crop_pct")
+CONSUMER_KEYS = ("classes", "mean", "std", "input_size", "channels", "channel_order", "interpolation", "crop_pct",
+                 "resize", "pixel_scale", "batchnorm_folded")
 
 
-def metadata_for(spec: ModelSpec, *, run_name: str | None, weights_sha256: str | None) -> dict[str, str]:
+def metadata_for(spec: ModelSpec, *, run_name: str | None, weights_sha256: str | None,
+                 batchnorm_folded: bool = False) -> dict[str, str]:  # fmt: skip
     from convforge._version import __version__
+    from convforge.data.transforms import PIXEL_SCALE, resize_rule
 
     p = spec.preprocessing
     plain = {
         "classes": spec.classes, "mean": list(p.mean), "std": list(p.std), "input_size": list(p.input_size),
         "channels": p.channels, "channel_order": "RGB" if p.channels == 3 else "L",
-        "interpolation": p.interpolation, "crop_pct": p.crop_pct,
+        "interpolation": p.interpolation, "crop_pct": p.crop_pct, "resize": resize_rule(p), "pixel_scale": PIXEL_SCALE,
+        # the graph's BatchNorms folded into its convolutions at export (the description's "folded" says
+        # whether the run's own weights were saved folded)
+        "batchnorm_folded": batchnorm_folded,
     }  # fmt: skip
     description = {k: v for k, v in spec.to_dict().items() if k != "shapes"}
     metadata = {

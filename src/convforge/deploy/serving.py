@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from convforge.checkpoint import ModelSpec
+from convforge.data.transforms import PIXEL_SCALE, resize_rule
 from convforge.deploy.backends import (
     Backend,
     BackendUnavailable,
@@ -43,7 +44,7 @@ class ServingModel:
             "classes": self.classes,
             "input": {"channels": self.spec.in_chans, "size": list(pre.input_size), "channel_order": "RGB"
                       if self.spec.in_chans == 3 else "L", "mean": list(pre.mean), "std": list(pre.std),
-                      "resize": "shorter side, then centre crop", "scale": "pixels / 255"},  # fmt: skip
+                      "resize": resize_rule(pre), "scale": PIXEL_SCALE},  # fmt: skip
             "backend": self.backend.name,
             "file": os.path.basename(self.backend.file) if self.backend.file else None,
             "lineage": self.lineage,

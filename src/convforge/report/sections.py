@@ -164,10 +164,14 @@ def confused_pairs(confusion: np.ndarray, classes: list[str], count: int = 5) ->
 
 @section("evaluation", "Evaluation", order=30)
 def evaluation(run: Run) -> dict[str, Any] | None:
+    """The latest evaluation on the split of the Summary's test figure (an `eval --split val` does not
+    replace it); every evaluation stays in the history."""
     evals = run.metrics("eval")
     if not evals:
         return None
-    latest = evals[-1]
+    headline = (run.info.get("test") or {}).get("split")
+    latest = [r for r in evals if headline is None or r.get("split") == headline][-1:] or evals[-1:]
+    latest = latest[0]
     confusion = np.asarray(latest["confusion"], dtype=np.int64)
     per_class = {k: v for k, v in latest["per_class"].items() if v is not None}
     calibration = latest.get("calibration")

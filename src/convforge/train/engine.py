@@ -106,13 +106,16 @@ def resume(
     if not isinstance(info.get("config"), dict):
         raise RunFolderError(f"{run.path}/run.json records no training config to resume with; the file was edited")
     config = TrainConfig.from_dict(info["config"])
+    # every process joins before either path: a distributed run that died before its first checkpoint
+    # starts afresh on all its ranks together (it once started each rank alone, as a single process)
+    world = distributed.join(resolve_device(config.device), config.dist_timeout)
     if not run.last_checkpoint.is_file():
         if info.get("model_given"):
             raise UserError(
                 f"{run.path} trained a model given to train() and stopped before saving it; its starting "
                 "weights are not in the run. Start it again with train(model=...)"
             )
-        trainer = _Trainer(config, progress, dataset)
+        trainer = _Trainer(config, progress, dataset, world=world)
         trainer.progress.message(
             f"{run.path} stopped before its first checkpoint was written: starting it afresh with its "
             "recorded settings"
@@ -123,7 +126,6 @@ def resume(
     # model resumes as itself
     shapes = {k.removeprefix("model."): v for k, v in stored_shapes(run.last_checkpoint).items()
               if k.startswith("model.")}  # fmt: skip
-    world = distributed.join(resolve_device(config.device), config.dist_timeout)
     with threads_kept():
         return _Trainer(config, progress, dataset, shapes=shapes, world=world).run_resumed(run)
 
@@ -279,6 +281,11 @@ class _Trainer:
                     recorder.best_weights(eval_model, epoch + 1)
                 self._save_checkpoint(epoch + 1)
                 self.progress.end_epoch(record)
+            self.progress.close()
+            times = self._times()
+            # inside the try: a failure or Ctrl-C here is recorded too (run.json once stayed "running"); a
+            # resume then finds every epoch done and runs this evaluation again
+            test = self._final_evaluation()
         except TrainingDiverged as exc:
             recorder.update(status="diverged", error=str(exc), **self._times())
             raise
@@ -290,8 +297,6 @@ class _Trainer:
             raise
         finally:
             self.progress.close()
-        times = self._times()
-        test = self._final_evaluation()
         skipped = len(self.dataset.skipped) + self.train_loader.skipped
         recorder.update(
             status="finished",
