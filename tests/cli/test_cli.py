@@ -92,7 +92,9 @@ def test_train_eval_predict_report(tmp_path):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    assert summary["run"] == str(out) and 0 <= summary["test"]["top1"] <= 1
+    assert summary["run"] == str(out) and summary["test"]["images"] == 300
+    again = json.loads(invoke("eval", out, TINY_SHAPES, "--json").output)  # the same model on the same images
+    assert again["top1"] == summary["test"]["top1"] and again["confusion"] == summary["test"]["confusion"]
 
     evaluated = invoke("eval", out, TINY_SHAPES, "--split", "val", "--json")
     assert evaluated.exit_code == 0, evaluated.output

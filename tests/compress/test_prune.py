@@ -114,14 +114,28 @@ def test_every_family_pruned_still_exports_to_onnx_with_the_same_logits(name):
 
 
 def test_bn_and_taylor_criteria_prune_a_params_target(tiny_run):
-    model, spec = load_model(tiny_run.run.path)
-    images, labels = torch.rand(16, 3, 32, 32), torch.arange(16) % 10
-    for criterion in ("bn", "taylor"):
+    """Each criterion chooses its own channels: bn and taylor keep other channels than l2 (a criterion
+    ignored for l2 once passed), taylor's choice follows the data it scores on and bn's does not."""
+    original = next(m for m in load_model(tiny_run.run.path)[0].modules() if isinstance(m, torch.nn.Conv2d))
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(16, 3, 32, 32, generator=generator), torch.randint(0, 10, (16,), generator=generator))
+               for _ in range(2)]  # fmt: skip
+
+    def kept(criterion: str, data) -> list[int]:
+        """The first convolution's output channels the criterion kept, found by their weights."""
         copy = load_model(tiny_run.run.path)[0]
         result = prune_model(copy, (3, 32, 32), criterion=criterion, target="params", goal=0.6, round_to=4,
-                             data_batch=(images, labels))  # fmt: skip
-        assert result.achieved <= 0.6 and copy(images).shape == (16, 10)
+                             data_batch=data)  # fmt: skip
+        assert result.achieved <= 0.6 and copy(data[0]).shape == (16, 10)
         assert all(p.grad is None for p in copy.parameters())  # taylor's gradients are not left behind
+        pruned = next(m for m in copy.modules() if isinstance(m, torch.nn.Conv2d))
+        return [next(i for i, row in enumerate(original.weight) if torch.equal(row, kept_row))
+                for kept_row in pruned.weight]
+
+    l2, bn, taylor = (kept(criterion, batches[0]) for criterion in ("l2", "bn", "taylor"))
+    assert len(l2) < original.out_channels  # the stem is pruned: its choice says something
+    assert bn != l2 and taylor != l2
+    assert kept("bn", batches[1]) == bn and kept("taylor", batches[1]) != taylor
 
 
 def test_a_pruned_child_run_loads_evaluates_and_exports(tiny_run, tmp_path):

@@ -89,11 +89,46 @@ def test_quantize_mistakes_are_user_errors(tiny_run_copy):
     assert result.exit_code == 2 and "exists already; --force replaces it" in result.output
 
 
-def test_weights_use_seven_bits_where_the_cpu_lacks_vnni(monkeypatch):
+def test_weights_use_seven_bits_where_the_cpu_lacks_vnni(exported_run, monkeypatch):
+    """Without VNNI, U8S8 products can saturate: the INT8 weights ORT writes must stay within 7 bits
+    ([-64, 63]); with VNNI the full 8 bits are used. Checked on the weights in the file, not on a flag."""
+    from onnx import numpy_helper
+
+    from convforge.checkpoint import read_model_spec
+    from convforge.compress.quantize import calibration_batches
+    from convforge.data.spec import load_dataset
     from convforge.device import cpu_has_vnni
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # how the benchmarks reproduce an AVX2-only machine
     assert cpu_has_vnni() is False
+    spec = read_model_spec(exported_run)
+    pixels = load_dataset(TINY_SHAPES).splits["train"].gather(np.arange(16))
+    batches = calibration_batches(pixels, spec.preprocessing, batch_size=16)
+    prepared = prepare((exported_run / "artifacts" / "model.onnx").read_bytes())
+
+    def largest_weight(vnni: bool) -> int:
+        monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: vnni)
+        graph = onnx.load_from_string(quantize_bytes(prepared, batches, "minmax")).graph
+        weights = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+        return max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.size > 1)
+
+    assert largest_weight(vnni=False) <= 64 < largest_weight(vnni=True)
+
+
+def test_the_real_search_keeps_layers_in_fp32_when_int8_loses_more_than_the_budget(exported_run):
+    """No stand-ins: a budget INT8 cannot meet as a whole (nothing may change) sends the real search
+    through the other methods and then keeps the most harmful real layers in fp32, named in the record."""
+    result = quantize_run(exported_run, TINY_SHAPES, calibration=32, max_drop=0.0, min_agreement=1.0,
+                          latency_seconds=0.02, force=True)  # fmt: skip
+    tried = [(a.method, a.kept_fp32) for a in result.attempts]
+    assert [method for method, kept in tried[:3]] == ["minmax", "entropy", "percentile"]
+    kept_runs = [kept for _, kept in tried[3:]]
+    prepared = prepare((exported_run / "artifacts" / "model.onnx").read_bytes())
+    nodes = {node.name for node in onnx.load_from_string(prepared).graph.node}
+    assert kept_runs and all(kept and set(kept) <= nodes for kept in kept_runs)  # real layers of the graph
+    assert [len(kept) for kept in kept_runs] == [2**i for i in range(len(kept_runs))]  # 1, 2, 4, ... layers
+    assert Run(exported_run).metrics("quantize")[-1]["kept_fp32"] == result.kept_fp32
+    assert result.kept_fp32 or not result.within_budget  # within it only by keeping layers
 
 
 def test_a_config_that_keeps_top1_but_changes_many_predictions_is_beyond_the_budget(monkeypatch):

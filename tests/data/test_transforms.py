@@ -125,6 +125,25 @@ def test_train_augment_with_mixup_gives_soft_targets():
     torch.testing.assert_close(targets.sum(1), torch.ones(6))
 
 
+@pytest.mark.parametrize("mix", [{"mixup": 0.8}, {"cutmix": 1.0}])
+def test_mixup_and_cutmix_mix_the_images_and_their_labels(mix):
+    """Without label smoothing, a target row with two classes can only come from mixing, and the mixed
+    images must differ from the same batch augmented without it (a mixer that did nothing once passed)."""
+    preprocessing = Preprocessing(input_size=(16, 20), **IMAGENET)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+
+    def augmented(config: AugmentConfig):
+        augment = TrainAugment(config, preprocessing, num_classes=5, label_smoothing=0.0)
+        return augment(_batch(), labels, torch.Generator().manual_seed(0))
+
+    plain_x, plain_targets = augmented(AugmentConfig(crop="none", hflip=0.0))
+    mixed_x, mixed_targets = augmented(AugmentConfig(crop="none", hflip=0.0, mix_prob=1.0, **mix))
+    assert torch.equal(plain_targets, labels)  # hard labels when nothing mixes
+    assert ((mixed_targets > 0).sum(1) >= 2).any()  # two classes in a row: mixed
+    torch.testing.assert_close(mixed_targets.sum(1), torch.ones(6))
+    assert not torch.equal(mixed_x, plain_x)
+
+
 def test_same_generator_same_augmentation():
     augment = TrainAugment(AugmentConfig(crop="rrc"), Preprocessing(input_size=(12, 12), **IMAGENET), 3)
     images, labels = _batch(), torch.zeros(6, dtype=torch.long)

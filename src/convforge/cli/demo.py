@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from convforge.cli.common import Output, QuietOption, ThreadsOption, percent, user_errors
+from convforge.cli.common import JsonOption, Output, QuietOption, ThreadsOption, percent, user_errors
 from convforge.cli.tables import (
     bench_table,
     comparison_table,
@@ -62,6 +62,7 @@ def demo_command(
     seed: Annotated[int, typer.Option(help="Training seed (the data stays the same).")] = 0,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Train a small CNN on the built-in shapes data; evaluate, explain, stress, export, quantize and
     prune it (to a measured speed-up, then distilled from the original into a child run).
@@ -71,7 +72,7 @@ def demo_command(
 
     Example: convforge demo
     """
-    output = Output(quiet)
+    output = Output(quiet, as_json)
     from convforge.threads import set_threads
 
     set_threads(threads)
@@ -173,6 +174,11 @@ def demo_command(
         ("convforge train path/to/your/folder --model resnet18", "train on your own labelled images"),
         ("convforge models convnext", "browse architectures"),
     ]
+    if as_json:
+        output.result({"run": str(out), "report": str(report), "seconds": round(elapsed, 1),
+                       "test": result.test.to_dict() if result.test else None, "pruned": pruned.to_dict(),
+                       "pruned_report": str(child_report), "next": [command for command, _ in next_steps]})  # fmt: skip
+        return
     width = max(len(command) for command, _ in next_steps) + 3
     output.out.print(
         f"\n[bold green]done[/bold green] in {elapsed:.0f} s: test top-1 {top1}.\n"

@@ -9,6 +9,7 @@ import typer
 from convforge.cli.common import (
     ClassesOption,
     DeviceOption,
+    JsonOption,
     MeanOption,
     Output,
     QuietOption,
@@ -77,6 +78,7 @@ def serve_command(
     std: StdOption = None,
     size: SizeOption = None,
     quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Serve a run's model over HTTP, with dynamic batching.
 
@@ -96,7 +98,7 @@ def serve_command(
 
     Example: convforge serve runs/demo --backend ort-int8 --port 8000
     """
-    output = Output(quiet)
+    output = Output(quiet, as_json)
     # OpenMP threads that busy-wait between the model's calls would take the cores decoding and HTTP need;
     # read when torch loads, which the CLI has not done yet (a user's own setting wins)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -145,6 +147,10 @@ def serve_command(
     if remote:
         output.message(f"[bold yellow]warning:[/bold yellow] listening on {host}: anyone who can reach this "
                        "machine can use the model; there is no authentication")  # fmt: skip
+    # --json: one JSON document a supervisor can read before the server starts (the logs follow on stderr)
+    output.result({"url": f"http://{host}:{port}", "model": described, "workers": workers, "ray": ray,
+                   "threads_per_worker": launch.threads_per_worker, "settings": settings.to_dict(),
+                   "remote": remote})  # fmt: skip
     if ray:
         ray_serve.run(launch, ray_address)
         return

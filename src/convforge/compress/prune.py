@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ from convforge.measure.counting import count_macs, count_params
 from convforge.measure.paired import Ratio, paired_speedup
 from convforge.models.factory import model_file_hook
 from convforge.models.resize import sync_block_widths
+
+log = logging.getLogger(__name__)
 
 CRITERIA = ("l1", "l2", "bn", "taylor", "lrp", "synflow")
 NEEDS_DATA = ("taylor", "lrp")  # criteria computed from a batch of training images
@@ -215,6 +218,10 @@ def prune_model(
             ) from None
         if on_step is not None:
             on_step(result.steps[-1])
+        done = result.steps[-1]  # said as it goes: a search takes minutes, and a log or a pipe shows no bar
+        log.info("pruning step %d: %.1f%% of the parameters, %.1f%% of the MACs%s", step,
+                 100 * done.params / result.before.params, 100 * done.macs / result.before.macs,
+                 "".join(f"; batch {b}: {r.text()}" for b, r in done.speedup.items()))  # fmt: skip
         searched = result.steps[-1].speedup.values()
         if result.reached if target != "speedup" else all(r.holds(goal * SEARCH_MARGIN) for r in searched):
             break

@@ -4,6 +4,7 @@ timed, and saved as a child run folder whose lineage names its parent."""
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from convforge.train.config import TrainConfig
 from convforge.train.engine import train
 from convforge.train.evaluate import evaluate
 from convforge.train.result import invoked_command
+
+log = logging.getLogger(__name__)
 
 LATENCY_BATCHES = (1, 64)
 REFERENCE_IMAGES = 128  # training images the taylor and lrp criteria score channels on
@@ -114,7 +117,9 @@ def prune_run(
     data_batch = _reference_batch(dataset, spec, data) if criterion in NEEDS_DATA else None
     input_size = (spec.in_chans, *spec.preprocessing.input_size)
 
+    log.info("evaluating the parent on %s %s images", f"{len(test):,}", test.name)
     parent_top1 = evaluate(model, test, spec.preprocessing).top1
+    log.info("pruning with the %s criterion to %s %g", criterion, target, goal)
     timed_as = (lambda m: fold_model(m).model) if fold else None  # with --fold, both are timed folded
     child = copy.deepcopy(model)
     pruning = prune_model(child, input_size, criterion=criterion, target=target, goal=goal, round_to=round_to,
@@ -129,6 +134,7 @@ def prune_run(
         run = None
         evaluated = pruned = evaluate(child, test, spec.preprocessing)
         if finetune:  # train writes the child run folder; then it becomes a pruning stage of the parent
+            log.info("distilling the child from its parent for %d epoch(s)", finetune)
             run = distill_child(parent, spec, child, data, staging, epochs=finetune, lr=finetune_lr, command=command)
             child = load_model(run.path)[0]  # the best epoch, at the pruned widths
             evaluated = evaluate(child, test, spec.preprocessing)
@@ -138,6 +144,8 @@ def prune_run(
             evaluated = evaluate(child, test, spec.preprocessing)
         # the figure reported everywhere (table, run.json, report): the saved child against its parent, timed
         # interleaved; it decides whether a speed-up target was reached
+        log.info("timing the child against its parent, interleaved, at batch %s",
+                 " and ".join(map(str, batches)))  # fmt: skip
         parent_ms, child_ms, pruning.confirmed = paired_speedup(timed_as(model) if fold else model, child,
                                                                 input_size, batches,
                                                                 2 * CONFIRM_BUDGET * latency_seconds)  # fmt: skip

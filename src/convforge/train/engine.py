@@ -428,6 +428,8 @@ class _Trainer:
         split = self.dataset.test or self.dataset.val
         if split is None or not len(split) or not self.best_epoch:
             return None
+        self.progress.message(f"evaluating the best weights (epoch {self.best_epoch}) on the {split.name} split, "
+                              f"{len(split):,} images")  # fmt: skip
         if self.world.main:  # the weights as saved; the other ranks get them from rank 0
             model, _ = load_model(self.run.path, device=self.device)
         else:
