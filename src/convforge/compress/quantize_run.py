@@ -23,7 +23,14 @@ from convforge.data.sample import align_classes, read_pixels, stratified_positio
 from convforge.data.spec import load_dataset
 from convforge.deploy.backends import OnnxModule
 from convforge.deploy.bench import BenchSource, bench
-from convforge.deploy.onnx_file import check_exported_from, onnx_metadata, open_session, set_metadata
+from convforge.deploy.onnx_file import (
+    SEAL,
+    check_exported_from,
+    metadata_digest,
+    onnx_metadata,
+    open_session,
+    set_metadata,
+)
 from convforge.errors import ConfigError, DatasetError, RunFolderError, UserError
 from convforge.files import atomic_write_bytes
 from convforge.runs import INT8_ONNX_FILE, ONNX_FILE, Run
@@ -147,4 +154,7 @@ def _with_metadata(int8_bytes: bytes, fp32_metadata: dict[str, str]) -> bytes:
 
     model = onnx.load_from_string(int8_bytes)
     set_metadata(model, {**fp32_metadata, "quantization": "int8 static QDQ (onnxruntime)"})
+    # sealed again over everything the file now says (ONNX Runtime's pre-processing adds entries of its own)
+    written = {entry.key: entry.value for entry in model.metadata_props}
+    set_metadata(model, {SEAL: metadata_digest(written)})
     return model.SerializeToString()
