@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from convforge.checkpoint import load_model
-from convforge.compress.prune import prune_model
+from convforge.compress.prune import MAX_STEPS, SEARCH_MARGIN, prune_model
 from convforge.compress.prune_run import prune_run
 from convforge.deploy.export import export_run
 from convforge.measure.paired import Ratio
@@ -176,10 +176,12 @@ def test_a_speedup_target_is_measured_and_one_out_of_reach_is_said(tiny_run, tmp
     model = create_model("resnet18", num_classes=10)
     result = prune_model(model, (3, 64, 64), target="speedup", goal=1.2, latency_batches=(1, 8), latency_seconds=0.1)
     assert set(result.before.latency_ms) == set(result.after.latency_ms) == set(result.confirmed) == {1, 8}
-    # reached means the final paired measurement's 95% interval clears the goal at both batch sizes; a
-    # machine too busy to measure may deny it, never a quiet one
+    # reached means the final paired measurement's 95% interval clears the goal at both batch sizes. The
+    # search stops at a step whose own interval cleared it with the margin, or after every step; the longer
+    # confirmation may still deny it (it once did on an idle Zen 2), so that is not asserted either way
     assert result.reached == all(ratio.low >= 1.2 for ratio in result.confirmed.values())
-    assert result.reached or any(ratio.noisy for ratio in result.confirmed.values())
+    last = result.steps[-1].speedup.values()
+    assert len(result.steps) == MAX_STEPS or all(ratio.holds(1.2 * SEARCH_MARGIN) for ratio in last)
     assert result.achieved == min(ratio.median for ratio in result.confirmed.values())
     out = tmp_path / "child"
     answer = invoke("prune", tiny_run.run.path, TINY_SHAPES, "--speedup", "1000", "--batch", "1", "--out", out)
