@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from PIL import Image
 from convforge.data.shapes import ShapesConfig, render_split
 from convforge.deploy.load import free_port, serve_process, wait_ready
 
-__all__ = ["free_port", "png_bytes", "serve_app", "serve_process", "shape_files"]
+__all__ = ["exchange", "free_port", "parse_reply", "png_bytes", "serve_app", "serve_process", "shape_files"]
 
 
 
@@ -54,3 +57,23 @@ def serve_app(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def exchange(url: str, sent: bytes, wait_seconds: float = 20) -> tuple[bytes, float]:
+    """Send raw bytes to a server, read until the server closes the connection (bounded); the reply and its delay."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=wait_seconds) as connection:
+        if sent:
+            connection.sendall(sent)
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    return reply, time.monotonic() - started
+
+
+def parse_reply(reply: bytes) -> tuple[int, dict[str, str], dict]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, json.loads(body)

@@ -18,7 +18,7 @@ import pytest
 from convforge.checkpoint import load_model
 from convforge.deploy.load import run_load
 from convforge.deploy.predict import predict_files
-from tests.deploy.serving import free_port, png_bytes, serve_process, shape_files
+from tests.deploy.serving import exchange, free_port, parse_reply, png_bytes, serve_process, shape_files
 from tests.helpers import invoke
 
 LIMITS = ["--max-images", "4", "--max-request-mb", "1", "--max-pixels", "1000000"]
@@ -178,7 +178,8 @@ def test_sigterm_under_load_answers_everything_accepted_and_exits_0(tiny_run, im
 
 
 def test_workers_each_load_the_model_and_answer(tiny_run, images, tmp_path):
-    with serve_process(tiny_run.run.path, "--workers", "2", log=tmp_path / "log") as server:
+    with serve_process(tiny_run.run.path, "--workers", "2", "--timeout-ms", "3000", log=tmp_path / "log") as server:
+        assert parse_reply(exchange(server.url, b"")[0])[0] == 408  # each worker has the header deadline
         answers = [httpx.post(f"{server.url}/v1/predict", files=[("files", (p.name, p.read_bytes()))], timeout=30)
                    for p in images]  # fmt: skip
         assert [a.status_code for a in answers] == [200] * len(images)

@@ -48,7 +48,9 @@ def serve_command(
                           rich_help_panel=_BATCHING),
     ] = 256,
     timeout_ms: Annotated[
-        float, typer.Option(help="Deadline per request; past it, 504 (never computed).", rich_help_panel=_BATCHING)
+        float,
+        typer.Option(help="Deadline per request: its headers and body must arrive within it (else 408), its "
+                     "answer too (else 504, never computed).", rich_help_panel=_BATCHING),
     ] = 10_000.0,
     max_request_mb: Annotated[float, typer.Option(help="Largest request body.", rich_help_panel=_LIMITS)] = 16.0,
     max_images: Annotated[int, typer.Option(help="Most images per request.", rich_help_panel=_LIMITS)] = 64,

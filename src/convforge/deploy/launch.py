@@ -128,12 +128,23 @@ def app_from_environment():
     logging.getLogger("convforge").setLevel(logging.INFO)
     logging.basicConfig(format="%(levelname)s:     %(message)s")
     launch = Launch(**json.loads(os.environ[ENVIRONMENT_KEY]))
+    _guard_headers(launch)
     return build_app(launch)[0]
+
+
+def _guard_headers(launch: Launch) -> None:
+    """The deadline for a request's headers in this process: the request deadline (`--timeout-ms`)."""
+    from convforge.deploy.http_protocol import set_header_seconds
+    from convforge.deploy.server import ServeSettings
+
+    set_header_seconds(ServeSettings(**launch.settings).timeout_ms / 1000)
 
 
 def run(launch: Launch, app: Any = None) -> None:
     """Serve until SIGTERM or SIGINT: then stop accepting, answer what was accepted, and return."""
     import uvicorn
+
+    from convforge.deploy.http_protocol import GuardedHttpProtocol
 
     # uvicorn drains on SIGTERM/SIGINT, then raises the signal again for the handler it found; a quiet one
     # makes a drained server exit 0, as a supervisor (systemd, Kubernetes) expects of a clean stop
@@ -141,7 +152,8 @@ def run(launch: Launch, app: Any = None) -> None:
         for stop in (signal.SIGTERM, signal.SIGINT):
             signal.signal(stop, lambda *_: None)
     common = {"host": launch.host, "port": launch.port, "access_log": launch.access_log, "log_level": "info",
-              "timeout_graceful_shutdown": launch.graceful_seconds}  # fmt: skip
+              "timeout_graceful_shutdown": launch.graceful_seconds, "http": GuardedHttpProtocol}  # fmt: skip
+    _guard_headers(launch)
     if launch.workers == 1:
         uvicorn.run(app, **common)
         return
