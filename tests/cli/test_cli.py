@@ -246,3 +246,22 @@ def test_a_full_disk_is_a_message_not_a_crash(tmp_path, monkeypatch):
 def test_help_texts_keep_their_brackets():
     """The help is rich markup: an unescaped `[ray]` vanished from `pip install 'convforge[ray]'`."""
     assert "pip install 'convforge[ray]'" in " ".join(invoke("serve", "--help").output.split())
+
+
+def test_eval_decodes_only_the_split_it_evaluates(tiny_run_copy, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    classes = json.loads((tiny_run_copy / "model.json").read_text())["classes"]
+    for index, name in enumerate(classes):
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        (tmp_path / "data" / "train" / name / "broken.png").write_text("not a png")
+        (tmp_path / "data" / "test" / name).mkdir(parents=True)
+        image = Image.fromarray(np.full((32, 32, 3), 25 * index % 256, np.uint8))
+        image.save(tmp_path / "data" / "test" / name / "a.png")
+    for split in ([], ["--split", "test"]):
+        result = invoke("eval", tiny_run_copy, tmp_path / "data", *split, "--json")
+        assert result.exit_code == 0, result.output
+        evaluated = json.loads(result.output)
+        assert evaluated["skipped_files"] == 0  # the training images (all broken) were never decoded
+        assert evaluated["images"] == len(classes)

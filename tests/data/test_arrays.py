@@ -129,7 +129,7 @@ def test_limit_takes_a_stratified_subset_of_every_split_the_same_each_time(share
 
 
 def test_limit_keeps_class_shares_and_checks_its_value():
-    from convforge.data.spec import split_limit
+    from convforge.data.subsets import split_limit
 
     dataset = load_dataset("shapes:size=16,train=300,val=0,test=0,classes=3,limit=31")
     counts = np.bincount(dataset.train.labels)

@@ -240,3 +240,23 @@ def test_unknown_split_folder_class_is_an_error(tmp_path):
     _write_image(root / "test" / "zebra" / "0.png", 5)
     with pytest.raises(DatasetError, match="test/zebra has no counterpart"):
         load_dataset(str(root))
+
+
+def test_only_the_splits_a_caller_uses_are_decoded(tmp_path):
+    root = make_folder(tmp_path / "pets", splits=["train", "test"])
+    (root / "train" / "cat" / "broken.png").write_text("not a png")
+    test_only = load_dataset(str(root), splits=("test",))
+    assert list(test_only.splits) == ["test"] and not test_only.skipped  # train's broken file never decoded
+    full = load_dataset(str(root))
+    assert [s.path for s in full.skipped] == [str(root / "train" / "cat" / "broken.png")]
+    np.testing.assert_array_equal(test_only.splits["test"].images, full.splits["test"].images)
+    np.testing.assert_array_equal(test_only.splits["test"].labels, full.splits["test"].labels)
+    assert test_only.fingerprint == full.fingerprint  # the same data, whatever was decoded of it
+    # a preference order takes the first split the data has; "val" carved from train keeps train
+    assert list(load_dataset(str(root), splits=("val", "test", "train")).splits) == ["test"]
+    carved = load_dataset(str(root), splits=("val",), val_fraction=0.5)
+    reference = load_dataset(str(root), val_fraction=0.5)
+    np.testing.assert_array_equal(carved.splits["val"].labels, reference.splits["val"].labels)
+    np.testing.assert_array_equal(carved.splits["val"].images, reference.splits["val"].images)
+    with pytest.raises(DatasetError, match="has no 'holdout' split; it has \\['test', 'train'\\]"):
+        load_dataset(str(root), splits=("holdout",))

@@ -70,6 +70,7 @@ def eval_command(
     from convforge.threads import set_threads
 
     set_threads(threads)
+    from convforge.data.imageset import EVAL_SPLIT_ORDER
     from convforge.data.sample import align_classes, missing_classes
     from convforge.data.spec import absolute_spec, load_dataset
     from convforge.deploy.backends import open_model
@@ -82,6 +83,7 @@ def eval_command(
     model, spec, run = open_model(run_path, device=target_device, threads=threads, **overrides)
     is_onnx = run_path.suffix == ".onnx"
     dataset = load_dataset(data, strict=strict, channels=spec.in_chans, max_pixels=max_pixels,
+                           splits=(split,) if split else EVAL_SPLIT_ORDER,
                            **(_training_val_split(run, data, split) if run else {}))  # fmt: skip
     if split is not None and split not in dataset.splits:
         raise DatasetError(f"{data} has no {split!r} split; it has {sorted(dataset.splits)}")

@@ -17,6 +17,8 @@ import numpy as np
 from convforge.data.decode import decode_image
 from convforge.errors import ImageDecodeError
 
+EVAL_SPLIT_ORDER = ("test", "val", "train")  # the split a final evaluation uses: the first there is
+
 
 @dataclass(frozen=True)
 class SkippedFile:
@@ -204,7 +206,7 @@ class Dataset:
 
     def eval_split(self) -> ImageSet:
         """The split a final evaluation uses: test, else val, else everything there is."""
-        for name in ("test", "val", "train"):
+        for name in EVAL_SPLIT_ORDER:
             if name in self.splits:
                 return self.splits[name]
         raise ValueError("dataset has no splits")

@@ -38,14 +38,8 @@ from convforge.data.folder import (
 from convforge.data.imageset import SkippedFile
 from convforge.data.limits import DEFAULT_MAX_PIXELS
 from convforge.data.shard_manifest import FORMAT, MANIFEST
-from convforge.data.spec import (
-    absolute_spec,
-    default_memory_budget,
-    limit_listing,
-    load_dataset,
-    parse_scheme,
-    split_limit,
-)
+from convforge.data.spec import absolute_spec, default_memory_budget, load_dataset, parse_scheme
+from convforge.data.subsets import limit_listing, split_limit
 from convforge.errors import DatasetError
 from convforge.files import atomic_folder, atomic_write_json
 

@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from convforge.data.folder import (
 from convforge.data.imageset import Dataset, FileImages, ImageSet, SkippedFile
 from convforge.data.shard_manifest import shard_source
 from convforge.data.shards import load_shards
+from convforge.data.subsets import keep_splits, limit_listing, limit_splits, split_limit
 from convforge.errors import DatasetError, did_you_mean
 from convforge.files import cache_root
 
@@ -59,12 +61,15 @@ def load_dataset(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     memory_budget: int | None = None,
     workers: int | None = None,
+    splits: Sequence[str] | None = None,
 ) -> Dataset:
     """Load a dataset spec into splits of uint8 NHWC images.
 
     `val_fraction` carves a stratified, seeded validation split out of train when the data has no
     val split of its own. Unreadable images are skipped and counted (`Dataset.skipped`), or with
     `strict=True` raise a `DatasetError` naming them. `channels` forces 1 (grayscale) or 3 (RGB).
+    `splits` names the splits a caller will use, in order of preference: a folder, archive or CSV not
+    yet cached decodes only the first of them it has (and train, when that is "val" carved from train).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise DatasetError("empty dataset spec; give a folder, mnist:PATH, cifar10:PATH, csv:FILE or shapes")
@@ -85,13 +90,13 @@ def load_dataset(
         dataset = load_shards(body, target, channels=channels, storage_size=storage_size, max_pixels=max_pixels,
                               strict=strict)  # fmt: skip
     elif scheme == "csv":
-        listing = limit_listing(list_csv(Path(target).expanduser()), limit)
+        listing = keep_splits(limit_listing(list_csv(Path(target).expanduser()), limit), splits, val_fraction > 0)
         dataset = _load_files(body, listing, channels or 3, storage_size, max_pixels, budget, workers, strict)
     else:  # a folder, an archive, or cifar10: pointing at either
         path = Path(target).expanduser()
         dataset = _load_archive_from_cache(body, path, channels or 3, storage_size, max_pixels)
         if dataset is None:
-            listing = limit_listing(list_image_folder(path), limit)
+            listing = keep_splits(limit_listing(list_image_folder(path), limit), splits, val_fraction > 0)
             dataset = _load_files(
                 body, listing, channels or 3, storage_size, max_pixels, budget, workers, strict
             )
@@ -117,64 +122,6 @@ def load_dataset(
         }
         dataset.val_from_train = {"fraction": val_fraction, "seed": seed}
     return dataset
-
-
-def split_limit(spec: str) -> tuple[str, int | None]:
-    """`X,limit=N` (or `shapes:limit=N`) -> (`X`, N); a spec without the option -> (spec, None)."""
-    head, comma, last = spec.rpartition(",")
-    if not comma:
-        prefix = "shapes:"
-        if not spec.startswith(prefix):
-            return spec, None
-        head, last = "shapes", spec[len(prefix) :]
-    name, equals, value = last.partition("=")
-    if name.strip() != "limit" or not equals:
-        return spec, None
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if limit < 1:
-        raise DatasetError(f"limit takes a whole number of images per split (at least 1), got {value!r} in {spec!r}")
-    return head, limit
-
-
-def limit_splits(dataset: Dataset, limit: int) -> Dataset:
-    """At most `limit` images in each split, stratified by class, always the same ones."""
-    dataset.splits = {
-        name: split.subset(stratified_positions(split.labels, limit), split.name) if len(split) > limit else split
-        for name, split in dataset.splits.items()
-    }
-    dataset.fingerprint = f"{dataset.fingerprint}-limit{limit}"
-    return dataset
-
-
-def limit_listing(listing: FileListing, limit: int | None) -> FileListing:
-    """The same subset as `limit_splits`, taken before decoding, so a large folder decodes only the
-    images a limited run uses (cached under its own key: the full dataset's entry stays whole)."""
-    if limit is None or all(len(items) <= limit for items in listing.splits.values()):
-        return listing
-    splits = {}
-    for name, items in listing.splits.items():
-        positions = stratified_positions(np.array([label for _, label in items]), limit)
-        splits[name] = [items[i] for i in positions]
-    return dataclasses.replace(listing, splits=splits, cache_identity=f"{listing.cache_identity}-limit{limit}")
-
-
-def stratified_positions(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """Sorted positions of `count` of `labels` (all when fewer), each class's share kept (largest
-    remainders), drawn with a fixed seed."""
-    labels = np.asarray(labels)
-    if count >= len(labels):
-        return np.arange(len(labels))
-    counts = np.bincount(labels)
-    quota = counts * count / len(labels)
-    take = np.floor(quota).astype(np.int64)
-    short = count - int(take.sum())
-    take[np.argsort(-(quota - take), kind="stable")[:short]] += 1
-    rng = np.random.default_rng(seed)
-    chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in enumerate(take) if n]
-    return np.sort(np.concatenate(chosen))
 
 
 def parse_scheme(spec: str) -> tuple[str, str]:
