@@ -114,3 +114,20 @@ def test_the_evaluation_section_follows_the_summarys_split_not_the_last_eval(tmp
     run.update(test={"split": "test", "top1": 0.75})
     shown = sections.evaluation(run)
     assert shown["latest"]["split"] == "test" and shown["latest"]["top1"] == 0.75 and len(shown["history"]) == 2
+
+
+def test_records_missing_what_a_section_needs_cost_that_section_only(tiny_run_copy, caplog):
+    """metrics.jsonl may come from another version or an editor: a dict record of the right kind with
+    none of its fields costs its own section (a notice naming the problem, and a warning), never the report."""
+    from convforge.runs import Run
+
+    run = Run.open(tiny_run_copy)
+    for kind in ("epoch", "step", "eval", "explain", "robust", "bench", "quantize", "export", "prune", "drift"):
+        run.append_metrics({"kind": kind, "split": "test", "model": "torch", "eps": 1})
+    with caplog.at_level("WARNING"):
+        html = build_report(tiny_run_copy).read_text()
+    titles = re.findall(r"<h2>(.*?)</h2>", html)
+    assert titles[0] == "Summary"
+    notices = re.findall(r"<h2>(.*?)</h2>\s*(?:<[^>]+>\s*)*<p class=\"notice\">This section could not be drawn", html)
+    assert {"Training", "Evaluation"} <= set(notices)
+    assert len(notices) == html.count("could not be drawn") == caplog.text.count("section could not be drawn")

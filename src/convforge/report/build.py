@@ -1,7 +1,13 @@
-"""`build_report(run)`: render every section that has something to show into one report.html."""
+"""`build_report(run)`: render every section that has something to show into one report.html.
+
+The sections read records a run folder holds (metrics.jsonl, run.json), written by any version of
+convforge or edited by hand. A record that lacks or garbles what a section needs costs that section
+only: it is drawn as a notice naming the problem, the others are drawn, and a warning says which.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +20,9 @@ from convforge.report.sections import SECTIONS
 from convforge.runs import REPORT_FILE, Run
 
 _TEMPLATES = Path(__file__).parent / "templates"
+log = logging.getLogger(__name__)
+# what reading a record with a missing key, a wrong type or a bad value raises, in a section or its template
+_RECORD_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, jinja2.UndefinedError)
 
 
 def _environment() -> jinja2.Environment:
@@ -29,16 +38,27 @@ def _environment() -> jinja2.Environment:
     return environment
 
 
+_NOTICE = ("<p class=\"notice\">This section could not be drawn: a record of this run lacks or garbles what it "
+           "needs (<code>{{ problem }}</code>). Run the command that records it again (eval, explain, robust, "
+           "bench...), or remove the record from metrics.jsonl.</p>")
+
+
 def build_report(run_path: str | os.PathLike) -> Path:
     """Write <run>/report.html (self-contained: every picture embedded) and return its path."""
     run = Run.open(run_path)
     environment = _environment()
     rendered = []
     for section in sorted(SECTIONS.values(), key=lambda s: s.order):
-        context = section.build(run)
-        if context is None:
-            continue
-        body = environment.get_template(section.template).render(run=run, **context)
+        try:
+            context = section.build(run)
+            if context is None:
+                continue
+            body = environment.get_template(section.template).render(run=run, **context)
+        except _RECORD_ERRORS as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+            log.warning("the report's %s section could not be drawn from %s's records (%s); the other sections "
+                        "were", section.title, run.path, problem)  # fmt: skip
+            body = environment.from_string(_NOTICE).render(problem=problem)
         rendered.append({"name": section.name, "title": section.title, "body": body})
     html = environment.get_template("report.html.j2").render(
         run=run,
