@@ -3,8 +3,10 @@
 tests/models/official/<arch>.json holds, for a small configuration of an architecture: the key names
 and shapes of the official implementation's state dict (training form, and deployed form where the
 model re-parameterizes) and the logits the official code computed with these weights on `probe_input`.
-Each file records the official repository and commit it was produced with. The weights are a formula of
-the key's position, not random numbers, so they are the same on every machine and library version.
+Each file records the official repository and commit it was produced with;
+tests/models/make_official_references.py regenerates (or checks) them from checkouts of those. The weights
+are a formula of the key's position, not random numbers, so they are the same on every machine and library
+version.
 """
 
 from __future__ import annotations

@@ -316,3 +316,20 @@ def test_no_global_pool_returns_the_feature_map(arch):
 def test_simplenet_refuses_an_unknown_pooling():
     with pytest.raises(ValueError, match="global_pool must be 'max', 'avg' or ''"):
         create_model("simplenet_tiny_test", global_pool="catavgmax")
+
+
+def test_every_official_reference_has_a_recipe_that_regenerates_it():
+    """make_official_references.py covers every committed reference (run it with the official checkouts;
+    its --check agreed with all of them on the commits they record)."""
+    from tests.models.make_official_references import OFFICIALS, compare
+    from tests.models.official_weights import OFFICIAL
+
+    assert set(OFFICIALS) == {path.stem for path in OFFICIAL.glob("*.json")} == set(REFERENCES)
+    reference = load_reference("replknet")
+    made = {field: reference[field] for field in ("train_keys", "train_logits", "deploy_keys", "deploy_logits")}
+    assert compare("replknet", made, reference) == []
+    made["deploy_logits"] = (torch.tensor(reference["deploy_logits"]) * (1 + 1e-4)).tolist()
+    made["train_keys"] = {**reference["train_keys"], "extra.weight": [1]}
+    assert [p.split(" differ")[0] for p in compare("replknet", made, reference)] == ["replknet: train_keys",
+                                                                                     "replknet: deploy_logits"]
+    assert all(OFFICIALS[name].deploys == ("deploy_keys" in load_reference(name)) for name in OFFICIALS)
