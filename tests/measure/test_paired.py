@@ -110,4 +110,6 @@ def test_whole_runs_rotate_and_their_ratio_is_taken_round_by_round():
     ratio = per_round_ratio(runs["fast"], runs["slow"])  # rates: the faster one's first
     assert (ratio.median, ratio.low, ratio.high, ratio.rounds) == (3.0, 3.0, 3.0, 3)
     assert ratio.text() == "3.00x (3.00-3.00)"
-    assert Ratio(1.5, 1.0, 2.0, 9).text() == "too noisy (1.00-2.00x)"  # wider than NOISY_SPREAD: no figure
+    assert Ratio(1.5, 1.0, 2.0, 9).text() == "too noisy to quote (1.00-2.00x)"  # wider than NOISY_SPREAD: no figure
+    assert Ratio(1.5, 1.45, 1.55, 9).text(" faster") == "1.50x faster (1.45-1.55)"
+    assert Ratio.from_dict(Ratio(1.5, 1.45, 1.55, 9).to_dict()) == Ratio(1.5, 1.45, 1.55, 9)

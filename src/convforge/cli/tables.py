@@ -161,9 +161,11 @@ def prune_table(result: dict, title: str) -> Table:
 
 def speedup_text(ratio: dict) -> str:
     """'1.52x faster (1.48-1.57)' from a paired measurement's ratio, or why no figure is quoted."""
-    if ratio["noisy"]:
-        return f"[yellow]too noisy to quote ({ratio['low']:.2f}-{ratio['high']:.2f}x)[/yellow]"
-    return f"{ratio['median']:.2f}x faster ({ratio['low']:.2f}-{ratio['high']:.2f})"
+    # imported here: the tables are imported by --help, which loads no torch
+    from convforge.measure.paired import Ratio
+
+    text = Ratio.from_dict(ratio).text(" faster")
+    return f"[yellow]{text}[/yellow]" if ratio["noisy"] else text
 
 
 def export_table(parity: dict, title: str) -> Table:

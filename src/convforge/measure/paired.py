@@ -55,11 +55,17 @@ class Ratio:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "spread": self.spread, "noisy": self.noisy}
 
-    def text(self) -> str:
-        """'1.52x (1.48-1.57)', or only the interval, marked, when it is too wide to quote a figure."""
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Ratio:
+        """A ratio as `to_dict` recorded it (run folders, benchmark JSON)."""
+        return cls(record["median"], record["low"], record["high"], record.get("rounds", 0))
+
+    def text(self, what: str = "") -> str:
+        """'1.52x (1.48-1.57)' (with `what`=" faster": '1.52x faster (1.48-1.57)'), or only the interval,
+        marked, when it is too wide to quote a figure."""
         if self.noisy:
-            return f"too noisy ({self.low:.2f}-{self.high:.2f}x)"
-        return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f})"
+            return f"too noisy to quote ({self.low:.2f}-{self.high:.2f}x)"
+        return f"{self.median:.2f}x{what} ({self.low:.2f}-{self.high:.2f})"
 
 
 @dataclass
