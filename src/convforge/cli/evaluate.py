@@ -59,7 +59,9 @@ def eval_command(
     """Evaluate a run's model: top-1, top-5, per-class accuracy and confusion matrix.
 
     The result is appended to the run's metrics.jsonl and shows up in its report. Data with only some
-    of the model's classes is evaluated on those (matched by name); the others are named.
+    of the model's classes is evaluated on those (matched by name); the others are named. One split is
+    evaluated, and of data not yet in the cache only that split is decoded: --split, or else test, val
+    or train, the first the data has.
 
     An exported file (RUN/artifacts/model.onnx, model.int8.onnx, or any .onnx) runs in ONNX Runtime;
     its result joins the run it belongs to.
