@@ -1,4 +1,5 @@
-"""The zoo's blocks learn, not only run: a tiny UniRepLKNet trained in seconds through `convforge.train`."""
+"""The zoo's blocks learn, not only run: a tiny UniRepLKNet trained in seconds through `convforge.train` on
+real digits (MNIST from ../shared/datasets)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,19 @@ from convforge import TrainConfig, load_model, reparameterize_model, train
 from convforge.data import load_dataset
 from convforge.train import evaluate
 
-DATA = "shapes:size=32,train=3000,val=0,test=600,classes=3"
 
-
-def test_tiny_unireplknet_learns_shapes_and_folds_without_changing_a_prediction(tmp_path):
-    """Three shape classes (chance: 33%); the tiny UniRepLKNet reaches about 50% in 8 short epochs
-    (about 25 s on 2 CPU cores). The bar, 42%, is more than four standard errors above chance."""
-    config = TrainConfig(data=DATA, model="unireplknet_tiny_test", epochs=8, batch_size=32, lr=4e-3, crop="none",
+def test_tiny_unireplknet_learns_digits_and_folds_without_changing_a_prediction(tmp_path, shared_datasets):
+    """Ten digit classes (chance: 10%); the tiny UniRepLKNet reaches 94-95% in 5 epochs of 3,000 images
+    (measured on a Zen 2 with AVX2: seeds 0 and 1, and 95% with the kernels held to SSE4.1; about 30 s).
+    Three shape classes, used before, gave 42-73% across seeds: a bar there was a coin toss."""
+    data = f"mnist:{shared_datasets / 'mnist'},limit=3000"
+    config = TrainConfig(data=data, model="unireplknet_tiny_test", epochs=5, batch_size=32, lr=4e-3, crop="none",
                          val_fraction=0.0, model_kwargs={"dims": [8, 16, 24, 32], "global_pool": "max"})  # fmt: skip
     result = train(config, tmp_path / "uni")
-    assert result.test.top1 >= 0.42
+    assert result.test.top1 >= 0.8
 
     model, spec = load_model(result.run.path)
-    test = load_dataset(DATA).test
+    test = load_dataset(data).test
     folded = reparameterize_model(model)
     plain = evaluate(model, test, spec.preprocessing)
     deployed = evaluate(folded, test, spec.preprocessing)
