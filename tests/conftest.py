@@ -9,6 +9,11 @@ import pytest
 
 from tests.helpers import TINY_MODEL, TINY_MODEL_KWARGS, TINY_SHAPES, TINY_TRAINING
 
+# The CLI's tables take the width COLUMNS gives, else a wide plain one without a terminal: pytest-xdist's
+# workers get COLUMNS=80, so the tests that read the tables' text see the same width run alone or in parallel
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):

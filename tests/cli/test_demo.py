@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from convforge.cli import app
 
+pytestmark = pytest.mark.xdist_group("demo")  # its module fixtures are built once, on one worker
+
 runner = CliRunner()
 
 

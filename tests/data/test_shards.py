@@ -25,6 +25,8 @@ from convforge.data.shards import buffer_shuffle
 from convforge.errors import DatasetError
 from tests.helpers import TINY_MODEL, TINY_MODEL_KWARGS
 
+pytestmark = pytest.mark.xdist_group("shards")  # its module fixtures are built once, on one worker
+
 SHAPES = "shapes:size=24,train=240,val=0,test=40"
 TINY = ["--model", TINY_MODEL, "--model-arg", f"channels={json.dumps(TINY_MODEL_KWARGS['channels'])}",
         "--model-arg", f"stem_width={TINY_MODEL_KWARGS['stem_width']}"]

@@ -21,6 +21,8 @@ from convforge.data.members import safe_member_name
 from convforge.data.shard_writer import write_shards
 from convforge.errors import DatasetError
 
+pytestmark = pytest.mark.xdist_group("untrusted_names")  # its module fixtures are built once, on one worker
+
 
 def _png(value: int) -> bytes:
     buffer = io.BytesIO()

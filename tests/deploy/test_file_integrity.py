@@ -18,6 +18,8 @@ from convforge.errors import CheckpointError
 from convforge.runs import Run
 from tests.helpers import TINY_SHAPES, invoke
 
+pytestmark = pytest.mark.xdist_group("file_integrity")  # its module fixtures are built once, on one worker
+
 
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):

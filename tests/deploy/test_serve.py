@@ -21,6 +21,8 @@ from convforge.deploy.predict import predict_files
 from tests.deploy.serving import exchange, free_port, parse_reply, png_bytes, serve_process, shape_files
 from tests.helpers import invoke
 
+pytestmark = pytest.mark.xdist_group("serve")  # its module fixtures are built once, on one worker
+
 LIMITS = ["--max-images", "4", "--max-request-mb", "1", "--max-pixels", "1000000"]
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from tests.deploy.serving import exchange, parse_reply, serve_process
 
+pytestmark = pytest.mark.xdist_group("serve_protocol")  # its module fixtures are built once, on one worker
+
 HEADER_SECONDS = 1.5
 
 

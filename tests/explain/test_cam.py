@@ -13,6 +13,8 @@ from convforge.errors import ConfigError
 from convforge.explain import METHODS, Explainer, explain
 from tests.helpers import assert_close_scaled
 
+pytestmark = pytest.mark.xdist_group("cam")  # its module fixtures are built once, on one worker
+
 
 @pytest.fixture(scope="module")
 def model():

@@ -22,6 +22,8 @@ from pytorch_grad_cam import (  # noqa: E402
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("reference")  # its module fixtures are built once, on one worker
+
 REFERENCE = {
     "gradcam": GradCAM,
     "gradcam++": GradCAMPlusPlus,

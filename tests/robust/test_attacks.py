@@ -27,6 +27,8 @@ from convforge.robust.attacks import (
 from convforge.robust.evaluate import accuracy
 from tests.helpers import TINY_SHAPES
 
+pytestmark = pytest.mark.xdist_group("attacks")  # its module fixtures are built once, on one worker
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

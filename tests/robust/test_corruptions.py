@@ -31,6 +31,8 @@ from convforge.robust.corruptions import (
 from convforge.robust.evaluate import CorruptionTable, corruption_errors
 from tests.helpers import TINY_SHAPES
 
+pytestmark = pytest.mark.xdist_group("corruptions")  # its module fixtures are built once, on one worker
+
 # The original parameters are not monotone in pixel distance for these two: saturate goes from
 # desaturating (x0.3, x0.1) to over-saturating (x1.5 ... x20), and elastic_transform trades a large
 # global affine warp at low severity for local warping at high severity.
