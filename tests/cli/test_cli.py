@@ -119,13 +119,13 @@ def test_train_eval_predict_report(tmp_path):
     assert report.exit_code == 0 and (out / "report.html").is_file()
 
 
-def test_eval_on_data_with_other_classes_names_both(tmp_path, tiny_run):
+def test_eval_on_data_with_other_classes_names_both(tmp_path, tiny_run_copy):
     folder = tmp_path / "other"
     for name in ("apple", "pear"):
         (folder / name).mkdir(parents=True)
         for i in range(2):
             Image.fromarray(np.full((32, 32, 3), 9 * i, np.uint8)).save(folder / name / f"{i}.png")
-    result = invoke("eval", tiny_run.run.path, folder)
+    result = invoke("eval", tiny_run_copy, folder)
     _assert_user_error(result, "has 2 classes but the model was trained on 10", "apple")
 
 
@@ -154,15 +154,15 @@ def _class_folder(root, classes, per_class=3, size=32):
     return root
 
 
-def test_eval_on_some_of_the_models_classes_evaluates_those_and_names_the_rest(tmp_path, tiny_run):
-    classes = tiny_run.run.info["data"]["classes"]
+def test_eval_on_some_of_the_models_classes_evaluates_those_and_names_the_rest(tmp_path, tiny_run_copy):
+    classes = json.loads((tiny_run_copy / "run.json").read_text())["data"]["classes"]
     folder = _class_folder(tmp_path / "two", classes[:2])
-    result = invoke("eval", tiny_run.run.path, folder, "--json")
+    result = invoke("eval", tiny_run_copy, folder, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["images"] == 6 and data["missing_classes"] == classes[2:]
     assert [k for k, v in data["per_class"].items() if v is not None] == classes[:2]
-    shown = invoke("eval", tiny_run.run.path, folder)
+    shown = invoke("eval", tiny_run_copy, folder)
     assert f"has no images of 8 of the model's 10 classes ({', '.join(classes[2:])}); evaluating on the other 2" \
         in " ".join(shown.output.split())
 
@@ -182,13 +182,13 @@ def test_eval_split_val_is_the_split_training_held_out(tmp_path):
     assert evaluated["top1"] == info["best_val_acc"]  # the very images (and weights) training validated on
 
 
-def test_tables_are_not_wrapped_at_80_columns_without_a_terminal(tiny_run):
+def test_tables_are_not_wrapped_at_80_columns_without_a_terminal(tiny_run_copy):
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    done = subprocess.run([sys.executable, "-m", "convforge", "eval", str(tiny_run.run.path), TINY_SHAPES],
+    done = subprocess.run([sys.executable, "-m", "convforge", "eval", str(tiny_run_copy), TINY_SHAPES],
                           capture_output=True, text=True, env=env, check=True)  # fmt: skip
     weakest = next(line for line in done.stdout.splitlines() if "weakest classes" in line)
     assert weakest.count("%") == 3 and "…" not in done.stdout
