@@ -21,6 +21,8 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from convforge.deploy.http_input import HttpError
+
 _HEADER_SECONDS = [10.0]  # replaced by set_header_seconds before the server starts
 
 
@@ -32,7 +34,7 @@ def set_header_seconds(seconds: float) -> None:
 
 def json_error_bytes(status: int, reason: str, message: str) -> bytes:
     """A whole HTTP/1.1 response with convforge's JSON error body, that closes the connection."""
-    body = json.dumps({"error": message, "status": status}).encode()
+    body = json.dumps(HttpError(status, message).body()).encode()  # the app's own error body
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")  # fmt: skip
     return head.encode("ascii") + body
